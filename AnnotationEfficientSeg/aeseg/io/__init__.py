@@ -1,0 +1,1 @@
+"""Writing results: atomic files, segmentations (.seg.nrrd via slicerio), NIfTI, maps."""
