@@ -225,17 +225,20 @@ def _read_seg_nrrd(path: Path, label_value: int | None) -> tuple[np.ndarray, Geo
     except Exception as e:  # slicerio raises various errors on malformed headers
         raise CohortError(f"{path}: unreadable .seg.nrrd ({e})") from None
     vox = np.asarray(seg["voxels"])
-    if vox.ndim == 4:  # overlapping layers: (layer, i, j, k)
-        vox = vox.max(axis=0)
     segments = seg.get("segments", [])
-    if label_value is None and segments:
-        wanted = [s for s in segments if s.get("layer", 0) == 0][:1] or segments[:1]
-        values = [int(s["labelValue"]) for s in wanted]
-    elif label_value is not None:
-        values = [int(label_value)]
+    if label_value is None:
+        chosen = segments[:1]
     else:
-        values = []
-    mask = np.isin(vox, values) if values else vox != 0
+        chosen = [s for s in segments if int(s.get("labelValue", -1)) == int(label_value)]
+    if vox.ndim == 4:  # overlapping segments in layers: (layer, i, j, k)
+        layer = int(chosen[0].get("layer", 0)) if chosen else 0
+        vox = vox[layer]
+    if chosen:
+        mask = vox == int(chosen[0]["labelValue"])
+    elif label_value is not None:
+        mask = vox == int(label_value)
+    else:
+        mask = vox != 0
     m = np.asarray(seg["ijkToLPS"], dtype=float)
     spacing = tuple(float(np.linalg.norm(m[:3, i])) for i in range(3))
     direction = tuple((m[:3, :3] / np.array(spacing)).reshape(-1).tolist())

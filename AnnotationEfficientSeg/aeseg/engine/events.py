@@ -1,0 +1,68 @@
+"""``events.jsonl``: one JSON object a line, appended and flushed as they happen.
+
+Types: ``start``, ``progress`` (epoch, epochs, step, steps, losses, eta_s, phase),
+``epoch`` (end-of-epoch metrics), ``artifact`` (path relative to the job, kind),
+``done``, ``error`` (message), ``cancelled``. Readers must tolerate a partial last line
+while the job runs (:func:`read_events` does).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+class EventLog:
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def emit(self, type_: str, **fields: Any) -> dict:
+        ev = {"type": type_, "time": round(time.time(), 3), **fields}
+        if self.enabled:
+            line = json.dumps(ev, default=_clean, allow_nan=False) + "\n"
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        return ev
+
+
+def _clean(o: Any) -> Any:
+    try:
+        return float(o)
+    except (TypeError, ValueError):
+        return str(o)
+
+
+def sanitize(d: dict[str, Any]) -> dict[str, Any]:
+    """Round floats, drop NaN/Inf (JSON has no NaN)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, float):
+            if math.isfinite(v):
+                out[k] = round(v, 6)
+        else:
+            out[k] = v
+    return out
+
+
+def read_events(path: str | os.PathLike) -> list[dict]:
+    """All complete events in ``path`` (a partial last line is skipped)."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    out = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

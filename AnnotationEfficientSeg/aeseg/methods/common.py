@@ -1,0 +1,40 @@
+"""Pieces several methods share: the supervised segmentation loss, batch augmentation,
+the consistency ramp-up, EMA teachers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from monai.losses import DiceCELoss
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+
+def seg_loss() -> DiceCELoss:
+    """Soft Dice + cross-entropy on softmax outputs against integer labels (MONAI)."""
+    return DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=False, smooth_nr=1e-5, smooth_dr=1e-5)
+
+
+def random_flips(image: torch.Tensor, label: torch.Tensor | None, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Flip each sample left-right and/or up-down with probability 0.5 (one batched op per axis)."""
+    b = image.shape[0]
+    for dim in (-1, -2):
+        m = (torch.rand(b, generator=g) < 0.5).to(image.device)
+        if m.any():
+            image = torch.where(m[:, None, None, None], image.flip(dim), image)
+            if label is not None:
+                label = torch.where(m[:, None, None, None], label.flip(dim), label)
+    return image, label
+
+
+def sigmoid_rampup(current: float, length: float) -> float:
+    """Laine & Aila's ramp-up exp(-5 (1 - t)^2), t = current / length clipped to [0, 1]."""
+    if length <= 0:
+        return 1.0
+    t = min(max(current / length, 0.0), 1.0)
+    return float(math.exp(-5.0 * (1.0 - t) ** 2))
+
+
+def ema_model(model: torch.nn.Module, decay: float) -> AveragedModel:
+    """An exponential-moving-average copy of ``model`` (torch's AveragedModel), buffers included."""
+    return AveragedModel(getattr(model, "module", model), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)

@@ -1,0 +1,1 @@
+"""Label quality: per-case scores and flags (quality.csv), segmentation metrics, evaluation."""

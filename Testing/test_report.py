@@ -1,0 +1,131 @@
+"""Tests for aeseg.report: curves, overview grid and the HTML report."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from aeseg.io.segmentation import SEGMENT_COLOURS
+from aeseg.report import OverviewCase, plot_curves, plot_overview, write_report
+from aeseg.report.curves import loss_series, val_dice_series
+
+HISTORY = [
+    {"epoch": 0, "phase": "train", "losses": {"loss": 1.0, "seg": 0.8}},
+    {"epoch": 1, "phase": "train", "losses": {"loss": 0.7, "seg": 0.6}, "val_dice": 0.41},
+    {"epoch": 2, "phase": "train", "losses": {"loss": 0.5, "seg": math.nan}, "val_dice": None},
+    {"epoch": 3, "phase": "train", "losses": {"loss": 0.4, "seg": 0.3}, "val_dice": 0.73},
+]
+
+
+def _png(path) -> np.ndarray:
+    assert path.is_file() and path.stat().st_size > 1000
+    return mpimg.imread(str(path))  # (H, W, 4) floats
+
+
+def _varies(img: np.ndarray) -> bool:
+    return float(img[..., :3].std()) > 0.01
+
+
+def _colour_pixels(img: np.ndarray, colour, tol: float = 0.12) -> int:
+    return int((np.abs(img[..., :3] - np.asarray(colour)).max(axis=-1) < tol).sum())
+
+
+def _case(cid: str, given: bool = True, pseudo: bool = True, subtitle: str = "") -> OverviewCase:
+    yy, xx = np.mgrid[:48, :64]
+    image = np.sin(xx / 5.0) + yy / 48.0
+    g = np.zeros((48, 64), bool)
+    p = np.zeros((48, 64), bool)
+    if given:
+        g[10:30, 12:40] = True
+    if pseudo:
+        p[14:36, 20:50] = True
+    return OverviewCase(cid, image, {"Given label": g, "Pseudo label": p}, subtitle)
+
+
+def test_series_skip_missing_values():
+    losses = loss_series(HISTORY)
+    assert losses["loss"] == [(0, 1.0), (1, 0.7), (2, 0.5), (3, 0.4)]
+    assert [e for e, _ in losses["seg"]] == [0, 1, 3]  # NaN skipped
+    assert val_dice_series(HISTORY) == [(1, 0.41), (3, 0.73)]
+    two_phases = HISTORY + [{"epoch": 0, "phase": "stage2", "losses": {"loss": 2.0}}]
+    assert "stage2: loss" in loss_series(two_phases)
+
+
+def test_plot_curves(tmp_path):
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    path = plot_curves(HISTORY, tmp_path / "curves.png")
+    img = _png(path)
+    assert img.shape[:2] == (400, 1100)
+    assert _varies(img)
+    assert plt.get_fignums() == before  # no pyplot figures left open
+    # an empty history still gives an image
+    empty = _png(plot_curves([], tmp_path / "empty.png"))
+    assert empty.shape[:2] == (400, 1100)
+
+
+def test_plot_overview_grid_and_contours(tmp_path):
+    one = _png(plot_overview([_case("c1")], tmp_path / "one.png", "One"))
+    five = _png(plot_overview([_case(f"c{i}") for i in range(5)], tmp_path / "five.png", "Five"))
+    assert _varies(one) and _varies(five)
+    assert one.shape[1] == 300  # one column of 3 inches at 100 dpi
+    assert five.shape[1] == 1200 and five.shape[0] > one.shape[0]  # 4 columns, 2 rows
+    # Contours drawn in the segment colours: more coloured pixels than with empty masks
+    # (the legend alone still shows both colours).
+    empty = _png(plot_overview([_case("c1", given=False, pseudo=False)], tmp_path / "empty.png", "One"))
+    assert empty.shape == one.shape
+    for name in ("Given label", "Pseudo label"):
+        colour = SEGMENT_COLOURS[name]
+        assert _colour_pixels(one, colour) > _colour_pixels(empty, colour) + 50
+    # a mask filling the whole image still gets drawn, and no cases at all still works
+    full = _case("full")
+    full.masks = {"Given label": np.ones((48, 64), bool)}
+    assert _colour_pixels(_png(plot_overview([full], tmp_path / "full.png")), SEGMENT_COLOURS["Given label"]) > 100
+    assert _varies(_png(plot_overview([], tmp_path / "none.png", "Nothing")))
+
+
+def test_plot_overview_rejects_mismatched_mask(tmp_path):
+    case = _case("bad")
+    case.masks["Given label"] = np.zeros((10, 10), bool)
+    with pytest.raises(ValueError, match="bad.*Given label"):
+        plot_overview([case], tmp_path / "bad.png")
+
+
+def test_write_report(tmp_path):
+    rows = [
+        {"case": "case_b", "method": "meta", "score": 0.9, "flag": False, "rank": 3},
+        {"case": "case<script>&", "method": "meta", "score": 0.12, "flag": True, "rank": 1},
+        {"case": "case_c", "method": "meta", "score": 0.3, "flag": "true", "rank": "2"},
+        {"case": "case_a", "method": "meta", "score": 0.95, "flag": "false", "rank": 4},
+    ]
+    summary = {"method": "meta_weighting", "cohort": "/data/cohort", "epochs": 4, "wall_time_s": 3725,
+               "device": "cpu", "seed": 7}
+    cases = [_case(r["case"], subtitle=f"score {r['score']}") for r in rows[:2]]
+    out = tmp_path / "report"
+    paths = write_report(out, summary, HISTORY, cases, rows)
+    assert sorted(p.name for p in paths) == ["loss_curves.png", "overview.png", "report.html"]
+    assert sorted(p.name for p in out.iterdir()) == ["loss_curves.png", "overview.png", "report.html"]  # no temps
+    for name in ("loss_curves.png", "overview.png"):
+        assert _varies(_png(out / name))
+    html = (out / "report.html").read_text(encoding="utf-8")
+
+    # images by relative path
+    assert 'src="loss_curves.png"' in html and 'src="overview.png"' in html
+    # job summary: values, best val Dice from the history, wall time formatted
+    for text in ("meta_weighting", "/data/cohort", "cpu", "0.73", "1:02:05", "seed"):
+        assert text in html
+    # escaping
+    assert "case&lt;script&gt;&amp;" in html
+    assert "<script>" not in html
+    # rank order, flagged rows highlighted
+    order = [html.index(c) for c in ("case&lt;script&gt;&amp;", "case_c", "case_b", "case_a")]
+    assert order == sorted(order)
+    flagged = re.findall(r'<tr class="flagged">(.*?)</tr>', html)
+    assert len(flagged) == 2
+    assert "case&lt;script&gt;&amp;" in flagged[0] and "case_c" in flagged[1]
+    assert "2 flagged" in html
