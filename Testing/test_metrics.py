@@ -120,6 +120,23 @@ def test_axis_order_with_anisotropic_spacing(axis, spacing_mm):
     assert m["dice"] == 0.0
 
 
+def test_hd95_ignores_a_single_outlier():
+    """A 10×10 square (36 edge pixels) vs the same square plus one far pixel.
+
+    pred→ref distances: 36 zeros and one outlier at 8 columns × 1.5 mm = 12 mm; the 95th
+    percentile (linear, position 0.95·36 = 34.2) is 0, while the maximum would be 12.
+    ref→pred: all 0. ASSD = 12 / (37 + 36) mm.
+    """
+    ref = np.zeros((20, 30), np.uint8)
+    ref[5:15, 5:15] = 1
+    pred = ref.copy()
+    pred[10, 22] = 1  # column 22: 8 columns right of the square's edge at column 14
+    m = case_metrics(pred, ref, (1.5, 1.0))
+    assert m["hd95"] == pytest.approx(0.0, abs=1e-6)
+    assert m["assd"] == pytest.approx(12.0 / 73, abs=1e-5)
+    assert m["ravd"] == pytest.approx(1 / 100)
+
+
 def _brute_force(p: np.ndarray, r: np.ndarray, spacing_zyx, erode: bool = True) -> tuple[float, float]:
     """Independent HD95/ASSD: surface = mask minus its erosion, nearest neighbour by k-d tree."""
     def surface(m):

@@ -129,3 +129,18 @@ def test_write_report(tmp_path):
     assert len(flagged) == 2
     assert "case&lt;script&gt;&amp;" in flagged[0] and "case_c" in flagged[1]
     assert "2 flagged" in html
+
+
+def test_report_summary_key_spellings(tmp_path):
+    """The engine's spellings map onto the standard rows; nested values are shown as JSON."""
+    summary = {"method": "supervised", "best val Dice": "0.8125", "training time (s)": "125.4",
+               "device": "cpu", "config": {"lr": 0.001, "note": "<b>"}}
+    write_report(tmp_path, summary, HISTORY, [_case("c1")], [])
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"<tr><th>(.*?)</th><td>(.*?)</td></tr>", html))
+    assert rows["Best validation Dice"] == "0.8125"  # given value wins over the history's 0.73
+    assert rows["Wall time"] == "0:02:05"
+    assert rows["Cohort"] == "n/a" and rows["Epochs"] == "n/a"
+    assert rows["config"] == "{&quot;lr&quot;: 0.001, &quot;note&quot;: &quot;&lt;b&gt;&quot;}"
+    assert "training time (s)" not in rows and "best val Dice" not in rows
+    assert "No quality table" in html

@@ -83,8 +83,15 @@ ITEM_FLAGS_ROLE = int(Qt.UserRole) - 1
 
 
 def qget(obj: Any, name: str) -> Any:
-    """Read a Qt property/getter the same way in PythonQt (attribute) and PySide6 (method)."""
-    value = getattr(obj, name)
+    """Read a Qt property/getter the same way in PythonQt (attribute) and PySide6 (method).
+
+    Properties whose PySide6 getter has another name (``checked`` → ``isChecked``,
+    ``active`` → ``isActive``) are read with ``QObject.property``.
+    """
+    try:
+        value = getattr(obj, name)
+    except AttributeError:
+        return obj.property(name)
     return value() if callable(value) else value
 
 

@@ -122,6 +122,7 @@ class Cohort:
         for c in self.cases:
             c2 = Case(**{k: getattr(c, k) for k in c.__dataclass_fields__})
             if c.case_id in overrides and c.clean_label is None:
+                c2.label_value = 1  # pseudo-label files hold the target as label value 1
                 if kind == "noisy":
                     c2.noisy_label = Path(overrides[c.case_id])
                 else:

@@ -33,3 +33,13 @@ def summarize(cohort) -> CohortSummary:
         aux_masks=len(cohort.aux_masks),
         domains=tuple(sorted({c.domain for c in cohort.cases if c.domain})),
     )
+
+
+def after_standardization(s: CohortSummary) -> CohortSummary:
+    """The summary once task standardization has given every unlabelled training case a
+    pseudo label (possible when there is at least one clean case)."""
+    if s.clean_train == 0 or s.unlabeled_train == 0:
+        return s
+    from dataclasses import replace
+
+    return replace(s, noisy_train=s.noisy_train + s.unlabeled_train, unlabeled_train=0)

@@ -66,3 +66,21 @@ def read_events(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+class MirroredEventLog(EventLog):
+    """The event log of a sub-job (task standardization) that also shows its progress in
+    the parent job's log, with the phase name prefixed, so the UI keeps moving."""
+
+    def __init__(self, path: Path, parent: EventLog, prefix: str, enabled: bool = True):
+        super().__init__(path, enabled)
+        self.parent = parent
+        self.prefix = prefix
+
+    def emit(self, type_: str, **fields: Any) -> dict:
+        ev = super().emit(type_, **fields)
+        if type_ in ("progress", "epoch"):
+            f = dict(fields)
+            f["phase"] = f"{self.prefix}:{f.get('phase', '')}"
+            self.parent.emit(type_, **f)
+        return ev

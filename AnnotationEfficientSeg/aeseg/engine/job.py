@@ -29,17 +29,21 @@ import torch
 
 from ..errors import JobError
 from ..io.atomic import write_bytes, write_json
-from .events import EventLog
+from .events import EventLog, MirroredEventLog
 
 
 @dataclass
 class JobFolder:
     root: Path
     writer: bool = True  # False on DDP ranks other than 0: they write nothing
+    parent: "JobFolder | None" = None  # set for sub-jobs (task standardization)
 
     def __post_init__(self):
         self.root = Path(self.root)
-        self.events = EventLog(self.root / "events.jsonl", enabled=self.writer)
+        if self.parent is None:
+            self.events = EventLog(self.root / "events.jsonl", enabled=self.writer)
+        else:
+            self.events = MirroredEventLog(self.root / "events.jsonl", self.parent.events, self.root.name, enabled=self.writer)
 
     # paths --------------------------------------------------------------------------
     @property
@@ -56,7 +60,8 @@ class JobFolder:
 
     @property
     def cancel_file(self) -> Path:
-        return self.root / "cancel"
+        """A sub-job stops when its parent is asked to."""
+        return self.parent.cancel_file if self.parent is not None else self.root / "cancel"
 
     def pseudo_label(self, case: str) -> Path:
         return self.root / "pseudo_labels" / f"{case}.seg.nrrd"

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..cohort.manifest import Cohort, load_cohort
-from ..cohort.summary import summarize
+from ..cohort.summary import after_standardization, summarize
 from ..data.dataset import CohortData, load_cohort_data
 from ..errors import AesegError, CohortError, JobError, MethodUnavailable
 from ..methods.base import MethodContext, Phase, StepInfo
@@ -40,6 +40,7 @@ from .device import pick_device, seed_everything
 from .events import sanitize
 from .inference import predict_case
 from .job import JobFolder, validate_job_path, versions
+from .standardize import needs_standardization, standardize
 
 
 @dataclass
@@ -93,10 +94,11 @@ def _dist() -> tuple[int, int, int]:
     return ws, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def create_job(out: str | os.PathLike, cohort: str | os.PathLike, cfg: JobConfig, command: list[str] | None = None) -> JobFolder:
+def create_job(out: str | os.PathLike, cohort: str | os.PathLike, cfg: JobConfig, command: list[str] | None = None,
+               job: JobFolder | None = None) -> JobFolder:
     """Check the cohort and method, then write ``job.json`` into a new job folder."""
     ws, rank, _ = _dist()
-    job = JobFolder(validate_job_path(out), writer=rank == 0)
+    job = job or JobFolder(validate_job_path(out), writer=rank == 0)
     co = load_cohort(cohort)
     _check_cohort(co, cfg)
     meta = {
@@ -120,7 +122,10 @@ def _check_cohort(co: Cohort, cfg: JobConfig) -> None:
         more = f" (and {len(errors) - 1} more; run aeseg validate)" if len(errors) > 1 else ""
         raise CohortError(f"cohort has problems: {errors[0]}{more}")
     cls = get_method(cfg.method)
-    reason = cls.unsupported_reason(summarize(co), cfg.method_config)
+    summary = summarize(co)
+    if getattr(cfg.method_config, "standardize", False):
+        summary = after_standardization(summary)
+    reason = cls.unsupported_reason(summary, cfg.method_config)
     if reason:
         raise MethodUnavailable(f"method '{cfg.method}' cannot run on {co.root}: {reason}")
 
@@ -130,11 +135,11 @@ def config_from_meta(meta: dict) -> JobConfig:
 
 
 def run_job(job_dir: str | os.PathLike, resume: bool = False, progress_bar: bool | None = None,
-            device: str | None = None) -> JobResult:
+            device: str | None = None, job: JobFolder | None = None) -> JobResult:
     """Train the job described by ``job_dir/job.json`` (resume from its last checkpoint)."""
     t0 = time.time()
     ws, rank, local_rank = _dist()
-    job = JobFolder(validate_job_path(job_dir), writer=rank == 0)
+    job = job or JobFolder(validate_job_path(job_dir), writer=rank == 0)
     meta = job.read_meta()
     cfg = config_from_meta(meta)
     if ws > 1 and not torch.distributed.is_initialized():
@@ -148,6 +153,13 @@ def run_job(job_dir: str | os.PathLike, resume: bool = False, progress_bar: bool
     seed_everything(cfg.seed)
     cohort = load_cohort(meta["cohort"])
     _check_cohort(cohort, cfg)
+    if needs_standardization(cohort, cfg):
+        if resume and not (job.checkpoints / "last.pt").exists():
+            resume = False  # stopped during standardization: the main run has not started
+        cohort, sub_status = standardize(job, cohort, cfg, progress_bar)
+        if sub_status != "done":
+            job.events.emit("cancelled", phase="standardize")
+            return JobResult(job.root, sub_status, None, 0, time.time() - t0)
     data = load_cohort_data(cohort, cfg.data)
     ctx = MethodContext(device=dev, data=data, seed=cfg.seed, amp=cfg.engine.amp, world_size=ws, rank=rank)
     method = get_method(cfg.method)(cfg.method_config, ctx)
@@ -158,7 +170,7 @@ def run_job(job_dir: str | os.PathLike, resume: bool = False, progress_bar: bool
         _load_state(method, ck)
         st = LoopState(**ck["loop"])
         job.clear_cancel()
-        job.events.emit("resumed", phase=st.phase, epoch=st.epoch, step=st.step, device=str(dev))
+        job.events.emit("resumed", phase=phases[min(st.phase, len(phases) - 1)].name, epoch=st.epoch + 1, step=st.step, device=str(dev))
     else:
         if (job.checkpoints / "last.pt").exists():
             raise JobError(f"{job.root}: has a checkpoint already; use --resume {job.root}")
@@ -267,7 +279,7 @@ def _train(job, method, ctx, cfg: JobConfig, phases: list[Phase], st: LoopState,
                     st.phase, st.epoch, st.step = pi, epoch, step
                     st.elapsed += time.time() - run_start
                     _save(job, "last", method, st)
-                    job.events.emit("cancelled", phase=phase.name, epoch=epoch, step=step)
+                    job.events.emit("cancelled", phase=phase.name, epoch=epoch + 1, step=step, steps=steps)
                     if bar:
                         bar.close()
                     return "cancelled"

@@ -24,6 +24,7 @@ class SupervisedConfig(NetConfig):
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate", "min": 0.0})
     weight_decay: float = field(default=1e-5, metadata={"help": "Adam weight decay", "min": 0.0})
     augment: bool = field(default=True, metadata={"help": "random flips"})
+    standardize: bool = field(default=False, metadata={"help": "first give unlabelled cases pseudo labels from a model trained on the clean ones (task standardization)"})
 
 
 @register

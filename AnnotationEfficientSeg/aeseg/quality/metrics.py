@@ -133,7 +133,7 @@ def summarize(rows: list[dict]) -> dict:
         n = int(vals.size)
         out[k] = {
             "mean": float(vals.mean()) if n else math.nan,
-            "sd": float(vals.std()) if n >= 2 else math.nan,
+            "sd": float(vals.std(ddof=1)) if n >= 2 else math.nan,
             "n": n,
         }
     return out

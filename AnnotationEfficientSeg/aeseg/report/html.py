@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 from html import escape
 from pathlib import Path
 
@@ -24,6 +26,13 @@ SUMMARY_FIELDS = (
     ("wall_time_s", "Wall time"),
     ("device", "Device"),
 )
+# Other spellings of those keys (after normalisation: lower case, non-alphanumerics → "_").
+SUMMARY_ALIASES = {
+    "best_val_dice": "best_val_dice", "best_validation_dice": "best_val_dice", "best_dice": "best_val_dice",
+    "wall_time_s": "wall_time_s", "wall_time": "wall_time_s", "wall_s": "wall_time_s",
+    "training_time_s": "wall_time_s", "elapsed_s": "wall_time_s",
+    "method": "method", "cohort": "cohort", "epochs": "epochs", "device": "device",
+}
 QUALITY_FIRST = ("rank", "case", "method", "score", "flag")
 
 _CSS = """
@@ -56,6 +65,8 @@ def format_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=str)
     return str(value)
 
 
@@ -82,18 +93,32 @@ def sort_by_rank(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=_rank_key)
 
 
+def _normalise_key(key: str) -> str:
+    k = re.sub(r"[^0-9a-z]+", "_", str(key).lower()).strip("_")
+    return SUMMARY_ALIASES.get(k, k)
+
+
 def _summary_rows(job_summary: dict, history: list[dict]) -> list[tuple[str, str]]:
-    summary = dict(job_summary)
-    if summary.get("best_val_dice") is None:
+    """(label, text) rows: the standard fields (``n/a`` when unknown), then the other keys."""
+    known = {k for k, _ in SUMMARY_FIELDS}
+    standard: dict[str, object] = {}
+    extra: list[tuple[str, object]] = []
+    for key, value in job_summary.items():
+        nk = _normalise_key(key)
+        if nk in known and standard.get(nk) is None:
+            standard[nk] = value
+        else:
+            extra.append((str(key), value))
+    if standard.get("best_val_dice") is None:
         pts = val_dice_series(history)
         if pts:
-            summary["best_val_dice"] = max(v for _, v in pts)
+            standard["best_val_dice"] = max(v for _, v in pts)
     rows = []
     for key, label in SUMMARY_FIELDS:
-        value = summary.pop(key, None)
-        rows.append((label, format_duration(value) if key == "wall_time_s" and value is not None
-                     else format_value(value)))
-    rows.extend((str(k), format_value(v)) for k, v in summary.items())
+        value = standard.get(key)
+        text = format_duration(value) if key == "wall_time_s" and value is not None else format_value(value)
+        rows.append((label, text or "n/a"))
+    rows.extend((k, format_value(v)) for k, v in extra)
     return rows
 
 
@@ -148,8 +173,9 @@ def write_report(report_dir: str | os.PathLike, job_summary: dict, history: list
     """Write ``loss_curves.png``, ``overview.png`` and ``report.html`` into ``report_dir``.
 
     ``job_summary`` keys shown first: ``method``, ``cohort``, ``epochs``,
-    ``best_val_dice`` (taken from ``history`` when absent), ``wall_time_s`` and
-    ``device``; other keys follow. ``quality_rows`` are quality.csv rows (``case``,
+    ``best_val_dice`` (taken from ``history`` when absent), ``wall_time_s`` (shown as
+    h:mm:ss) and ``device``, in any spelling of :data:`SUMMARY_ALIASES` (``"best val
+    Dice"``, ``"training time (s)"``…); other keys follow, dicts as JSON. ``quality_rows`` are quality.csv rows (``case``,
     ``score``, ``flag``, ``rank``…), shown in rank order with flagged rows highlighted.
     Every file is written atomically; returns the written paths.
     """
