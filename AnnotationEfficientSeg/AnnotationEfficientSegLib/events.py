@@ -78,7 +78,7 @@ class EventTail:
 
 
 def format_duration(seconds: float | None) -> str:
-    """``812`` → ``13 min 32 s``; ``4000`` → ``1 h 07 min``; None → ``–``."""
+    """``812`` → ``13 min 32 s``; ``4000`` → ``1 h 06 min``; None → ``–``."""
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return "–"
     s = int(round(seconds))
@@ -95,6 +95,8 @@ def format_duration(seconds: float | None) -> str:
 
 
 def _num(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
     try:
         f = float(v)
     except (TypeError, ValueError):

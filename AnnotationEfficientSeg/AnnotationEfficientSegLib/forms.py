@@ -11,7 +11,7 @@ plain Python; :class:`MethodForm` is the Qt widget built on them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 TYPES = ("int", "float", "bool", "str", "choice")

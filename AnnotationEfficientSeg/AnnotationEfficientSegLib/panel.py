@@ -102,6 +102,8 @@ class Panel:
         self._commands: list[tuple[proc_lib.ManagedProcess, Callable[[Any], None], str]] = []
 
         # hooks and signals for the Slicer module
+        # called before running aeseg with "validate", "validate-auto", "methods", "devices", "train" or
+        # "export"; returns False to stop (the "-auto", methods and devices calls are not the user's)
         self.preflight: Callable[[str], bool] = lambda action: True
         self.caseSelected = q.PySignal()  # (CaseFiles, ReviewRow)
         self.mapSelected = q.PySignal()  # (case, map name or None, path or None)
@@ -161,7 +163,7 @@ class Panel:
         ui.mapComboBox.currentIndexChanged.connect(lambda *a: self._on_map_changed())
         ui.retrainButton.clicked.connect(lambda *a: self.retrain())
         ui.exportButton.clicked.connect(lambda *a: self.export())
-        ui.cohortPathLineEdit.textChanged.connect(lambda *a: self._update_buttons())
+        ui.cohortPathLineEdit.textChanged.connect(lambda *a: (self._maybe_suggest_output(), self._update_buttons()))
         ui.exportLabelsComboBox.currentIndexChanged.connect(lambda *a: self._update_buttons())
 
     def _browse(self, line_edit: Any, caption: str, then: Callable[[], Any] | None = None) -> None:
@@ -264,8 +266,12 @@ class Panel:
             return
         self.set_devices(data)
 
-    def validate(self, cohort: str | None = None) -> None:
-        """Run ``aeseg validate COHORT --json`` in the background and show the result."""
+    def validate(self, cohort: str | None = None, auto: bool = False) -> None:
+        """Run ``aeseg validate COHORT --json`` in the background and show the result.
+
+        ``auto``: not asked for by the user (opening a job), so :attr:`preflight` gets
+        ``"validate-auto"`` and should not prompt for anything.
+        """
         cohort = cohort or self.cohort_path
         if not cohort:
             self.show_message("Choose a cohort folder first.", "warning")
@@ -273,7 +279,7 @@ class Panel:
         if not Path(cohort).is_dir():
             self.show_message(f"The cohort folder does not exist: {cohort}", "error")
             return
-        if not self.preflight("validate"):
+        if not self.preflight("validate-auto" if auto else "validate"):
             return
         self.ui.cohortSummaryLabel.setText(_span("Validating…", "muted"))
         self.ui.cohortProblemsLabel.setText("")
@@ -413,6 +419,7 @@ class Panel:
             except FormError:
                 pass
         if name == self._form_method and self.form is not None:
+            self._maybe_suggest_output()
             self._update_buttons()
             return
         self._clear_form()
@@ -438,12 +445,16 @@ class Panel:
                 except FormError:
                     self.form.reset()
             self.form.changed.connect(self._on_form_changed)
+        self._maybe_suggest_output()
+        self._update_buttons()
+        self.stateChanged.emit()
+
+    def _maybe_suggest_output(self) -> None:
+        """Fill the job folder from cohort and method unless the user typed one."""
         if self._output_auto:
             suggestion = self.suggest_output()
             if suggestion:
                 self.ui.outputPathLineEdit.setText(suggestion)
-        self._update_buttons()
-        self.stateChanged.emit()
 
     def _clear_form(self) -> None:
         if self.form is not None:
@@ -552,11 +563,31 @@ class Panel:
                 sets = self.form.set_args(only_changed=True)
             except FormError as e:
                 problems.append(f"fix the parameters: {e}")
+        try:
+            sets += self.engine_set_args()
+        except ValueError as e:
+            problems.append(str(e))
         if problems:
             raise ValueError("; ".join(problems))
         seed = int(q.qget(self.ui.seedSpinBox, "value"))
         args = proc_lib.train_args(cohort, method, out, set_args=sets, device=self.selected_device(), seed=seed)
         return proc_lib.aeseg_command(self.python, *args)
+
+    def engine_set_args(self) -> list[str]:
+        """``--set`` for the epochs box (unless the method's own form has ``epochs``) and "More settings"."""
+        args: list[str] = []
+        epochs = int(q.qget(self.ui.epochsSpinBox, "value"))
+        if epochs > 0 and not self._form_has("epochs"):
+            args += ["--set", f"epochs={epochs}"]
+        for item in str(q.qget(self.ui.extraSetsLineEdit, "text")).split():
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise ValueError(f"'More settings' needs key=value items, not {item!r}")
+            args += ["--set", f"{key.strip()}={value.strip()}"]
+        return args
+
+    def _form_has(self, name: str) -> bool:
+        return self.form is not None and any(s.name == name for s in self.form.specs)
 
     def start(self) -> bool:
         if self.job_running():
@@ -617,6 +648,8 @@ class Panel:
 
     def retrain(self) -> bool:
         """A new job: same cohort, method, config, seed and device as the open one; refined labels count as clean."""
+        if self.job_dir is not None:
+            self.job = read_job_json(self.job_dir)
         if self.job_dir is None or not self.job:
             self.show_message("Open a finished job first.", "warning")
             return False
@@ -676,7 +709,7 @@ class Panel:
         if cohort and cohort != self.cohort_path:
             self.set_cohort_path(cohort)
         if cohort and self.validated_cohort != cohort and Path(cohort).is_dir():
-            self.validate(cohort)
+            self.validate(cohort, auto=True)
         self.reload_review()
         self._refresh_progress()
         self._ensure_timer()
@@ -692,6 +725,8 @@ class Panel:
                 result = p.result()
                 p.cleanup_logs()
                 finish(result)
+        if self.job_dir is not None and not self.job:
+            self.job = read_job_json(self.job_dir)  # a new run writes job.json once it has started
         if self.watcher is not None:
             proc_ended = False
             if self.job_process is not None and self.job_process.poll() is not None:
@@ -720,7 +755,8 @@ class Panel:
                 self.show_message(st.summary(), level)
                 self.jobFinished.emit(st.status)
         self._update_buttons()
-        if not self._commands and not self.job_running() and not self._watching_live():
+        # stop only once a finished process has been handled above (it may end between two checks)
+        if not self._commands and self.job_process is None and not self._watching_live():
             self.timer.stop()
 
     def _watching_live(self) -> bool:
@@ -832,13 +868,15 @@ class Panel:
         elif col == "flag":
             item.setText("")
         if col == "reviewed":
-            item.setText("✔ accepted" if row.reviewed else "")
+            item.setText("✔" if row.reviewed else "")
+            if row.reviewed:
+                item.setToolTip(f"accepted {row.reviewed_at or ''}\n{row.refined_path or ''}".strip())
             if row.reviewed:
                 item.setBackground(q.QBrush(q.QColor(COLOURS["reviewed_bg"])))
         if col == "score" and row.score is not None:
             item.setToolTip("higher = more trustworthy label")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            item.setTextAlignment(int(q.Qt.AlignRight | q.Qt.AlignVCenter))
+            item.setTextAlignment(q.Qt.AlignRight | q.Qt.AlignVCenter)
         return item
 
     def _update_counts(self) -> None:
@@ -1006,6 +1044,9 @@ class Panel:
         ui.retrainButton.setEnabled(self.job_dir is not None and bool(self.job) and not running)
         ui.exportButton.setEnabled(not any(n == "export" for _, _, n in self._commands))
         ui.resetConfigButton.setEnabled(self.form is not None)
+        own_epochs = self._form_has("epochs")
+        ui.epochsLabel.setVisible(not own_epochs)
+        ui.epochsSpinBox.setVisible(not own_epochs)
         ui.methodFormGroupBox.setVisible(self.form is not None)
 
     # ------------------------------------------------------------------ teardown

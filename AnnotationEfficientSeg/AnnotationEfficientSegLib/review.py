@@ -24,6 +24,14 @@ IMAGE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png
 
 _TRUE = {"true", "1", "yes", "y", "t"}
 
+# The segments Slicer shows for a case under review, with distinct colours (RGB 0-1);
+# the same colours as the core's .seg.nrrd writer.
+REVIEW_SEGMENTS = (
+    ("Given label", (0.95, 0.80, 0.20)),
+    ("Pseudo label", (0.20, 0.70, 0.95)),
+    ("Corrected", (0.30, 0.85, 0.35)),
+)
+
 
 def parse_bool(v: Any) -> bool:
     return str(v).strip().lower() in _TRUE

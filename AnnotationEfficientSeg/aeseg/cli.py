@@ -221,7 +221,7 @@ def cmd_demo(args) -> int:
         raise AesegError(f"{job_dir} exists; remove it or choose another --out")
     if not (cohort / "cohort.csv").exists():
         info = make_phantom_cohort(cohort, PhantomConfig(task="noisy_organ", setting="noisy", noise=0.62, seed=0))
-        print(f"phantom cohort: {cohort} (noisy labels at mean Dice {info.noisy_dice:.2f})")
+        print(f"phantom cohort: {cohort} (noisy labels at mean Dice {info.noisy_mean_dice:.2f})")
     cfg = resolve_config(args.method, {"engine.epochs": args.epochs}, seed=0, device=args.device)
     job = create_job(job_dir, cohort, cfg, command=["aeseg", "demo"])
     res = run_job(job.root)

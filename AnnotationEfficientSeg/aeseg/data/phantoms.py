@@ -27,9 +27,15 @@ Five tasks (:data:`TASKS`):
     organ scenes rendered with a CT-like (``source``) or an MR-like (``target``)
     intensity model; scarce source labels, unlabelled target.
 
-Every task has train / val / test splits; val cases carry clean labels (model
-selection), test cases none; every case has its true mask in ``truth/`` on the image
-grid, in the image's format. A case's content depends only on (seed, task, split, case
+Every task has train / val / test splits (cases ``train_000``, ``val_000``, …); val
+cases carry clean labels (model selection), test cases none; every case has its true
+mask in ``truth/`` on the image grid, in the image's format (PNG masks as 0/255).
+Training labels: ``ellipse_us`` and ``organ_ct`` none; ``noisy_organ`` the first
+``n_clean`` clean, then noisy (``noisy``), none (``semi``) or half noisy, half none
+(``mixed``); ``lesion_pa`` even-numbered cases are present, odd absent in every split,
+and the first present training images are labelled; ``domain_shift`` the first half
+(rounded up) of the training cases are source, the first ``n_clean`` of them labelled,
+and val / test cases alternate source, target. A case's content depends only on (seed, task, split, case
 index), so changing the size of one split does not change the cases of another. The
 same configuration gives byte-identical files.
 
@@ -462,6 +468,7 @@ class FourierShape:
 
 def sample_fourier_shape(rng: np.random.Generator, model: FourierShapeModel, center_xy: tuple[float, float],
                          fov_width_mm: float) -> FourierShape:
+    """One contour from ``model`` centred at ``center_xy`` (mm), r0 scaled by ``fov_width_mm``."""
     ks = tuple(model.harmonics)
     amps = tuple(float(rng.uniform(model.amp[0] / k, model.amp[1] / k)) for k in ks)
     phases = tuple(float(rng.uniform(0, 2 * math.pi)) for _ in ks)
@@ -489,6 +496,7 @@ class _Drift:
 
 
 def _sample_drift(rng: np.random.Generator, shape: FourierShape, fov: float, taper: tuple[float, float]) -> _Drift:
+    """Centre shift up to 3 % of the FOV, amplitude/phase drift up to ±40 %, radius taper in ``taper``."""
     return _Drift(
         (float(rng.uniform(-0.03, 0.03)) * fov, float(rng.uniform(-0.03, 0.03)) * fov),
         tuple(float(rng.uniform(-0.4, 0.4)) * a for a in shape.amps),
@@ -613,12 +621,14 @@ ORGAN_SPACING = (1.2, 1.2, 3.0)
 
 
 def _organ_geometry(rng: np.random.Generator, size: int, n_slices: int) -> Geometry:
+    """Organ-task grid: :data:`ORGAN_SPACING`, identity direction, a random non-zero origin."""
     sx, sy, sz = ORGAN_SPACING
     origin = (-0.5 * size * sx + rng.uniform(-10, 10), -0.5 * size * sy + rng.uniform(-30, 10),
               rng.uniform(-200.0, 100.0) if n_slices > 1 else 0.0)
+    origin = tuple(round(o, 3) for o in origin)
     if n_slices == 1:
         return Geometry((size, size, 1), (sx, sy, 1.0), origin, _IDENTITY, ndim=2)
-    return Geometry((size, size, n_slices), (sx, sy, sz), tuple(round(o, 3) for o in origin), _IDENTITY, ndim=3)
+    return Geometry((size, size, n_slices), (sx, sy, sz), origin, _IDENTITY, ndim=3)
 
 
 # --------------------------------------------------------------------------- lesion_pa
@@ -846,14 +856,13 @@ def _prepare_root(root: Path, overwrite: bool) -> None:
 
 def _write_cases(root: Path, cases: list[_Case], aux: list[tuple[str, np.ndarray, Geometry]]) -> None:
     for c in cases:
-        mask_dtype = np.uint8
         scale = 255 if c.ext == ".png" else 1  # PNG masks as 0/255, as in most 2D data sets
         write_image(root / c.image_rel, c.image, c.geometry)
-        write_image(root / "truth" / f"{c.case}{c.ext}", (c.truth * scale).astype(mask_dtype), c.geometry)
+        write_image(root / "truth" / f"{c.case}{c.ext}", (c.truth * scale).astype(np.uint8), c.geometry)
         if c.label_kind == "clean":
-            write_image(root / c.label_rel, (c.truth * scale).astype(mask_dtype), c.geometry)
+            write_image(root / c.label_rel, (c.truth * scale).astype(np.uint8), c.geometry)
         elif c.label_kind == "noisy":
-            write_image(root / c.label_rel, (c.noisy * scale).astype(mask_dtype), c.geometry)
+            write_image(root / c.label_rel, (c.noisy * scale).astype(np.uint8), c.geometry)
     for name, mask, geom in aux:
         write_image(root / "aux_masks" / name, mask.astype(np.uint8), geom)
     buf = io.StringIO()

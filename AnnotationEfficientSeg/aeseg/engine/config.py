@@ -19,6 +19,7 @@ from ..methods.registry import build_config, coerce, get_method
 class EngineConfig:
     epochs: int = field(default=30, metadata={"help": "training epochs (per phase)", "min": 1})
     batch_size: int = field(default=16, metadata={"help": "slices per batch", "min": 1})
+    steps_per_epoch: int = field(default=0, metadata={"help": "optimiser steps per epoch (0: one pass over the training slices)", "min": 0})
     val_every: int = field(default=1, metadata={"help": "validate every N epochs", "min": 1})
     amp: bool = field(default=True, metadata={"help": "mixed precision (GPU only)"})
     final: Literal["best", "last"] = field(default="best", metadata={"help": "weights used for outputs: best validation Dice or last epoch"})

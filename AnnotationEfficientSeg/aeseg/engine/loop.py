@@ -161,7 +161,7 @@ def run_job(job_dir: str | os.PathLike, resume: bool = False, progress_bar: bool
             job.events.emit("cancelled", phase="standardize")
             return JobResult(job.root, sub_status, None, 0, time.time() - t0)
     data = load_cohort_data(cohort, cfg.data)
-    ctx = MethodContext(device=dev, data=data, seed=cfg.seed, amp=cfg.engine.amp, world_size=ws, rank=rank)
+    ctx = MethodContext(device=dev, data=data, seed=cfg.seed, amp=cfg.engine.amp, world_size=ws, rank=rank, cohort=cohort)
     method = get_method(cfg.method)(cfg.method_config, ctx)
     phases = method.phases(cfg.engine.epochs)
     st = LoopState()
@@ -233,10 +233,16 @@ def _load_state(method, ck: dict, modules_only: bool = False) -> None:
         torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
 
 
-def _epoch_order(indices: torch.Tensor, seed: int, phase: int, epoch: int, ws: int, rank: int) -> torch.Tensor:
+def _epoch_order(indices: torch.Tensor, seed: int, phase: int, epoch: int, ws: int, rank: int,
+                 length: int = 0) -> torch.Tensor:
+    """The epoch's sample order: a seeded permutation, repeated to ``length`` if given."""
     g = torch.Generator()
     g.manual_seed((seed * 1_000_003 + phase * 10_007 + epoch) % (2**63))
     order = indices[torch.randperm(len(indices), generator=g)]
+    while length and len(order) < length * ws:
+        order = torch.cat([order, indices[torch.randperm(len(indices), generator=g)]])
+    if length:
+        order = order[: length * ws]
     if ws > 1:  # equal shards, padded by wrapping around (as DistributedSampler does)
         per = math.ceil(len(order) / ws)
         order = torch.cat([order, order[: per * ws - len(order)]])[rank::ws]
@@ -266,8 +272,9 @@ def _train(job, method, ctx, cfg: JobConfig, phases: list[Phase], st: LoopState,
         if len(indices) == 0:
             raise MethodUnavailable(f"method '{cfg.method}' has no training slices in phase '{phase.name}'")
         for epoch in range(st.epoch, phase.epochs):
-            order = _epoch_order(indices, cfg.seed, pi, epoch, ctx.world_size, ctx.rank)
             bs = ecfg.batch_size
+            order = _epoch_order(indices, cfg.seed, pi, epoch, ctx.world_size, ctx.rank,
+                                 ecfg.steps_per_epoch * bs)
             steps = max(1, math.ceil(len(order) / bs))
             if show_bar and job.writer:
                 from tqdm import tqdm

@@ -79,6 +79,7 @@ class MethodContext:
     amp: bool = False
     world_size: int = 1
     rank: int = 0
+    cohort: Any = None  # the aeseg.cohort.manifest.Cohort being trained on (None when only predicting)
     _scaler: Any = None
 
     @property

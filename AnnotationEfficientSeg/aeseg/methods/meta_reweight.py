@@ -1,0 +1,556 @@
+"""``meta_reweight``: MLB-Seg, meta-learned per-pixel reweighting of imperfect labels and
+of the model's own pseudo labels, with pseudo-label enhancement (PLE) and a mean teacher
+(seed 003, "Meta-learning for bootstrapping medical image segmentation from imperfect
+supervision"; reference code aijinrjinr/MLB-Seg). With ``use_pseudo``, ``use_ple`` and
+``use_mean_teacher`` off it is Mirikharaji et al. (2019): meta-reweighting of the noisy
+label alone.
+
+One training step on a batch of imperfect slices (noisy labels, or pseudo labels from
+task standardization, eq. 1) and a batch of clean "meta" slices:
+
+1. **Views (PLE, §3.2).** Each imperfect slice gets Q augmented views (default Q = 4:
+   one zoom-in, two zoom-outs, one flip, as in the paper's 4×PLE) besides the original;
+   views are made and mapped back with :mod:`aeseg.methods.augment` (batched
+   ``grid_sample``; flips exact).
+2. **Pseudo labels (eq. 3 / eq. 10).** The student's foreground probabilities on the
+   K = Q + 1 views are mapped back to the original frame, averaged where each view saw
+   the pixel (coverage-weighted), thresholded (argmax of two classes) and mapped into
+   every view again.
+3. **Cost maps.** Per-pixel cross-entropy of the student's logits against the imperfect
+   label (``cost_n``) and against the pseudo label (``cost_p``), one forward pass at θ_t.
+4. **Look-ahead (eq. 4).** ε_n = ε_p = 0 (requires grad); θ̂ = θ − α ∇θ Σ(ε_n·cost_n +
+   ε_p·cost_p) with ``torch.autograd.grad(..., create_graph=True)``; the clean meta batch
+   goes through ``torch.func.functional_call(net, θ̂ ∪ cloned buffers)``; meta loss = CE
+   (eq. 5). ∂meta/∂ε by ``torch.autograd.grad`` (eq. 6).
+5. **Weights (eqs. 7–8).** w = max(−∂meta/∂ε, 0), normalised to sum to one over the
+   batch, each map separately (eq. 8; ``weight_norm=joint`` normalises both maps together
+   as the reference code does), plus a small ε in the denominator.
+6. **Real update (eq. 9 + eq. 11 + eq. 13).** Σ w_n·cost_n + Σ w_p·cost_p from the same
+   forward pass, + λ_aug · PLE consistency (mean squared difference over all view pairs,
+   eq. 11) + λ_st(t) · MSE to the EMA teacher fed the views plus Gaussian noise (eq. 12–13;
+   sigmoid ramp-up) + ``clean_weight`` · CE on the clean meta batch (the reference code
+   trains on the meta batch after every step; the paper's eq. 9 does not say, so it is a
+   switch). One optimiser step, gradient clipping (code default 0.2), then the EMA
+   teacher update.
+
+Batch normalisation in the functional pass: the meta forward runs in train mode (batch
+statistics of the clean batch, as ``higher`` does in the reference code) with *clones*
+of the running buffers passed to ``functional_call``, so the look-ahead never writes the
+module's running mean/var or ``num_batches_tracked``. The only running-statistics update
+of a step is the student's ordinary forward pass on the imperfect views (step 3), as in
+a plain training step. Tested in ``Testing/test_meta_reweight.py``.
+
+Folding the clean-batch supervision into the meta backward: the look-ahead starts from
+ε = 0, so θ̂ = θ numerically and ∂θ̂/∂θ = I at ε = 0; the gradient of the meta loss with
+respect to θ̂, which the meta backward computes anyway, *is* ∇θ CE(f(x_c; θ), y_c). The
+``clean_weight`` term therefore costs no extra pass. For the same reason α (``inner_lr``)
+only scales the raw meta-gradient, which eq. 8 normalises away (it matters only
+against the ε of eq. 8).
+
+Cost: with ``views_share_batch`` (default) the engine's batch of B slices becomes
+⌊B/K⌋ slices × K views ≈ B images, so a step handles as many images as a plain step,
+and the meta step costs about 2.5–3× a plain step on CPU.
+
+Why parts are hand-written: no library implements learning-to-reweight for dense
+prediction (``higher`` is unmaintained; torch.func supplies the functional pass), and
+the per-pixel, view-aware weighting and PLE consistency are specific to this paper. The
+network is MONAI's UNet and the EMA teacher torch's ``AveragedModel``.
+
+Outputs: ``quality.csv`` rows with ``meta_weight_label`` and ``meta_weight_pseudo`` per
+imperfect training case (mean relative weight over the case's pixels at the latest visit
+of each slice: 1 = the batch average), ``score`` = label share
+w_label / (w_label + w_pseudo) (low: the model's own prediction earned more weight than
+the given label), ``flag`` when the pseudo label outweighs the given label by more than
+``flag_margin``; maps ``meta_weight_label`` / ``meta_weight_pseudo`` per case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from ..data.slicing import from_slices
+from ..data.transforms import resize_probabilities
+from ..nets import NetConfig, make_unet
+from . import augment
+from .base import CaseQuality, CohortSummary, EpochReport, Method, Phase, QualityResult, StepInfo
+from .common import ema_model, sigmoid_rampup
+from .registry import register
+
+KIND_CLEAN, KIND_NOISY, KIND_NONE = 0, 1, 2
+#: the view pattern of PLE (paper §4.5: 4×PLE = one zoom-in, two zoom-outs, one flip); Q > 4 cycles
+VIEW_PATTERN = ("zoom_in", "zoom_out", "zoom_out", "flip")
+
+
+@dataclass
+class MetaReweightConfig(NetConfig):
+    standardize: bool = field(default=True, metadata={"help": "unlabelled cases first get pseudo labels from a model trained on the clean ones (task standardization, eq. 1)"})
+    # ablation switches (paper Table 5; Mirikharaji et al. 2019 = all three off)
+    use_meta: bool = field(default=True, metadata={"help": "learn the weight maps by the meta step (off: fixed uniform weights, i.e. Reed et al.'s bootstrapping with use_pseudo)"})
+    use_pseudo: bool = field(default=True, metadata={"help": "also learn from the model's own pseudo labels with a second weight map (bootstrapping, eq. 2)"})
+    use_ple: bool = field(default=True, metadata={"help": "pseudo label enhancement: average over Q augmented views + view consistency loss (eqs. 10-11)"})
+    use_mean_teacher: bool = field(default=True, metadata={"help": "EMA teacher with noisy input and MSE consistency (eqs. 12-13)"})
+    # PLE
+    ple_views: int = field(default=4, metadata={"help": "Q: augmented views per slice (cycle: zoom-in, zoom-out, zoom-out, flip)", "min": 1, "max": 8})
+    zoom_in_max: float = field(default=1.4, metadata={"help": "zoom-in factor drawn from U(1.05, this)", "min": 1.05, "max": 3.0})
+    zoom_out_min: float = field(default=0.6, metadata={"help": "zoom-out factor drawn from U(this, 0.95)", "min": 0.3, "max": 0.95})
+    ple_weight: float = field(default=1.0, metadata={"help": "λ_aug: weight of the PLE view-consistency loss (eq. 11)", "min": 0.0})
+    views_share_batch: bool = field(default=True, metadata={"help": "views count towards the batch size: batch_size // (Q+1) slices per step (off: every sampled slice gets Q+1 views, Q+1 times the compute)"})
+    # meta step
+    inner_lr: float = field(default=0.005, metadata={"help": "α: step size of the look-ahead (eq. 4)", "min": 0.0})
+    meta_batch: int = field(default=4, metadata={"help": "clean (meta set) slices per step", "min": 1})
+    weight_norm: Literal["separate", "joint"] = field(default="separate", metadata={"help": "normalise each weight map to sum 1 per batch (eq. 8) or both together (reference code)"})
+    weight_eps: float = field(default=1e-8, metadata={"help": "ε added to the normaliser of eq. 8", "min": 0.0})
+    clean_weight: float = field(default=1.0, metadata={"help": "weight of the CE on the clean meta batch in the real update (reference code: trained on every step; 0 = eq. 9 alone)", "min": 0.0})
+    # mean teacher
+    ema_decay: float = field(default=0.99, metadata={"help": "teacher EMA decay", "min": 0.0, "max": 1.0})
+    mt_weight: float = field(default=1.0, metadata={"help": "λ_st: maximum weight of the teacher consistency (eq. 13)", "min": 0.0})
+    mt_rampup_epochs: int = field(default=5, metadata={"help": "epochs of sigmoid ramp-up of λ_st", "min": 0})
+    teacher_noise: float = field(default=0.04, metadata={"help": "γσ: std of the Gaussian noise added to the teacher's input (eq. 12)", "min": 0.0})
+    # optimisation (reference code: SGD 0.005, momentum 0.9, wd 5e-4, lr 20/(e+20), clip 0.2)
+    optimizer: Literal["sgd", "adam"] = field(default="sgd", metadata={"help": "optimiser of the segmentation network"})
+    lr: float = field(default=0.005, metadata={"help": "learning rate", "min": 0.0})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum", "min": 0.0, "max": 1.0})
+    weight_decay: float = field(default=5e-4, metadata={"help": "weight decay", "min": 0.0})
+    lr_decay: bool = field(default=True, metadata={"help": "learning rate × 20/(epoch+20) (reference code)"})
+    clip: float = field(default=0.2, metadata={"help": "gradient norm clipping (0: off)", "min": 0.0})
+    augment: bool = field(default=True, metadata={"help": "random flips of the imperfect and meta slices"})
+    warmup_epochs: int = field(default=0, metadata={"help": "epochs of plain CE on the given labels before the meta step (reference code's warm_up)", "min": 0})
+    # outputs
+    flag_margin: float = field(default=0.1, metadata={"help": "flag a case when its label share w_label/(w_label+w_pseudo) is below 0.5 - this", "min": 0.0, "max": 0.5})
+    keep_maps: bool = field(default=True, metadata={"help": "keep the last weight maps per slice (for maps/<case>/meta_weight_*.nrrd)"})
+    predict_with: Literal["student", "teacher"] = field(default="student", metadata={"help": "network used for predictions (reference code: the student)"})
+
+
+# ------------------------------------------------------------------------------- pieces
+
+
+def normalise_weights(raw_n: torch.Tensor, raw_p: torch.Tensor | None, eps: float, joint: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Eqs. 7–8: clamp at zero, then divide by the batch sum (+ ε), each map separately
+    (eq. 8) or both maps together (``joint``, reference code)."""
+    wn = raw_n.clamp(min=0)
+    wp = raw_p.clamp(min=0) if raw_p is not None else None
+    if joint and wp is not None:
+        s = wn.sum() + wp.sum() + eps
+        return wn / s, wp / s
+    wn = wn / (wn.sum() + eps)
+    if wp is not None:
+        wp = wp / (wp.sum() + eps)
+    return wn, wp
+
+
+def lookahead_weights(net: torch.nn.Module, x_clean: torch.Tensor, y_clean: torch.Tensor,
+                      costs: list[torch.Tensor], params: dict[str, torch.Tensor], alpha: float
+                      ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+    """The meta-gradient of eqs. 4–6.
+
+    ``costs`` are per-pixel cost maps (computed from ``params`` with a graph). With
+    ε_k = 0 for every map: θ̂ = θ − α ∇θ Σ_k ε_k·cost_k (differentiable), meta loss =
+    mean CE of ``functional_call(net, θ̂ ∪ cloned buffers, x_clean)``. Returns
+    (∂meta/∂ε_k for every map, the meta loss, ∂meta/∂θ̂ per parameter = ∇θ CE_clean at θ).
+
+    The module's BN running buffers are never touched (the clones absorb the update);
+    the forward graph of ``costs`` is retained for the real update."""
+    eps = [torch.zeros_like(c, requires_grad=True) for c in costs]
+    inner = sum((e * c).sum() for e, c in zip(eps, costs))
+    names = list(params)
+    grads = torch.autograd.grad(inner, [params[n] for n in names], create_graph=True, allow_unused=True)
+    fast = {n: (params[n] - alpha * g if g is not None else params[n]) for n, g in zip(names, grads)}
+    buffers = {n: b.clone() for n, b in net.named_buffers()}
+    logits = functional_call(net, {**fast, **buffers}, (x_clean,))
+    meta = F.cross_entropy(logits.float(), y_clean)
+    out = torch.autograd.grad(meta, eps + [fast[n] for n in names], retain_graph=True, allow_unused=True)
+    g_eps = [g if g is not None else torch.zeros_like(e) for g, e in zip(out[:len(eps)], eps)]
+    g_theta = [g if g is not None else torch.zeros_like(params[n]) for g, n in zip(out[len(eps):], names)]
+    return g_eps, meta.detach(), g_theta
+
+
+def view_params(b: int, q: int, g: torch.Generator, zoom_in_max: float, zoom_out_min: float,
+                device: torch.device) -> augment.AffineParams:
+    """Transforms of K = q + 1 views of ``b`` slices, view-major (view 0 = identity):
+    the paper's PLE views (zoom-in, zoom-out, zoom-out, flip, cycling). Zoom factors
+    are drawn per slice (reference code: 4–30 px margins on 144 px ≈ zoom 1.06–1.42 in,
+    0.58–0.94 out); the flip is left-right, up-down or both."""
+    zoom = [torch.ones(b)]
+    hf = [torch.zeros(b, dtype=torch.bool)]
+    vf = [torch.zeros(b, dtype=torch.bool)]
+    for k in range(q):
+        kind = VIEW_PATTERN[k % len(VIEW_PATTERN)]
+        u = torch.rand(b, generator=g)
+        if kind == "zoom_in":
+            zoom.append(1.05 + (zoom_in_max - 1.05) * u)
+        elif kind == "zoom_out":
+            zoom.append(zoom_out_min + (0.95 - zoom_out_min) * u)
+        else:
+            zoom.append(torch.ones(b))
+        if kind == "flip":
+            c = torch.randint(0, 3, (b,), generator=g)  # 0: left-right, 1: up-down, 2: both
+            hf.append((c == 0) | (c == 2))
+            vf.append((c == 1) | (c == 2))
+        else:
+            hf.append(torch.zeros(b, dtype=torch.bool))
+            vf.append(torch.zeros(b, dtype=torch.bool))
+    k = q + 1
+    return augment.AffineParams(torch.zeros(k * b), torch.cat(zoom), torch.cat(hf), torch.cat(vf)).to(device)
+
+
+def apply_image(x: torch.Tensor, p: augment.AffineParams) -> torch.Tensor:
+    """Augment images, padding what the view adds (zoom-out) with each image's minimum."""
+    m = x.amin(dim=(1, 2, 3), keepdim=True)
+    return augment.apply(x - m, p) + m
+
+
+def view_average(v: torch.Tensor, p: augment.AffineParams, k: int) -> torch.Tensor:
+    """Map per-view maps ``(K·b, C, H, W)`` back to the original frame and average them
+    where each view saw the pixel (coverage-weighted) → ``(b, C, H, W)`` (eq. 10's mean)."""
+    back = augment.invert(v, p)
+    cov = augment.coverage(p, v.shape[-2:], v.device)
+    b = v.shape[0] // k
+    back = back.view(k, b, *v.shape[1:])
+    cov = cov.view(k, b, 1, *v.shape[-2:])
+    return (back * cov).sum(0) / cov.sum(0).clamp_min(1e-6)
+
+
+def ple_consistency(prob: torch.Tensor, p: augment.AffineParams, k: int) -> torch.Tensor:
+    """Eq. 11: mean squared distance between the class probabilities of every pair of
+    the K views, compared in the original frame where both views saw the pixel
+    (coverage-weighted), averaged over the K(K−1)/2 pairs."""
+    back = augment.invert(prob, p)
+    cov = augment.coverage(p, prob.shape[-2:], prob.device)
+    b = prob.shape[0] // k
+    back = back.view(k, b, *prob.shape[1:])
+    cov = cov.view(k, b, 1, *prob.shape[-2:])
+    total = prob.new_zeros(())
+    for qi in range(k):
+        for vi in range(qi + 1, k):
+            m = cov[qi] * cov[vi]
+            d = ((back[qi] - back[vi]) ** 2).sum(1, keepdim=True)  # ||·||² over classes
+            total = total + (m * d).sum() / m.sum().clamp_min(1e-6)
+    return total * 2.0 / (k * (k - 1))
+
+
+# ------------------------------------------------------------------------------- method
+
+
+@register
+class MetaReweight(Method):
+    name = "meta_reweight"
+    title = "MLB-Seg: meta-learned pixel reweighting"
+    description = ("Learns per-pixel weights for imperfect labels and for the model's own (view-enhanced) pseudo "
+                   "labels by a one-step look-ahead on a few clean cases; mean teacher; flags cases whose given "
+                   "label earns less weight than the pseudo label.")
+    needs = "a few clean-labelled training cases (the meta set) plus noisy-labelled and/or unlabelled cases"
+    Config = MetaReweightConfig
+    train_kinds = ("noisy", "none")
+
+    @classmethod
+    def unsupported_reason(cls, s: CohortSummary, config: MetaReweightConfig | None = None) -> str | None:
+        if s.clean_train == 0:
+            return (f"needs at least one clean-labelled training case as its meta set (has 0 clean, {s.noisy_train} noisy, "
+                    f"{s.unlabeled_train} unlabelled training cases); mark a few expert-labelled cases as clean "
+                    "(labels/ folder or label_kind=clean in cohort.csv)")
+        if s.noisy_train + s.unlabeled_train == 0:
+            return (f"needs noisy-labelled or unlabelled training cases to learn from besides the {s.clean_train} clean "
+                    "meta-set case(s); with clean labels only, use the supervised method")
+        return None
+
+    def __init__(self, config: MetaReweightConfig, ctx):
+        super().__init__(config, ctx)
+        c = config
+        data = ctx.data
+        # The functional look-ahead needs the bare module: no DDP wrapper; gradients are
+        # averaged over ranks by hand (see _step).
+        self.net = make_unet(ctx.in_channels, 2, c).to(ctx.device)
+        self.teacher = ema_model(self.net, c.ema_decay).to(ctx.device)
+        params = self.net.parameters()
+        if c.optimizer == "sgd":
+            self.opt = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        else:
+            self.opt = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda e: 20.0 / (e + 20.0) if c.lr_decay else 1.0)
+        self.g = ctx.generator(3)
+        self.clean = data.train.indices(("clean",))
+        n, s = len(data.train), data.config.size
+        self.w_label = torch.full((n,), float("nan"))
+        self.w_pseudo = torch.full((n,), float("nan"))
+        self.maps_label = torch.zeros((n, s, s), dtype=torch.float16) if c.keep_maps else None
+        self.maps_pseudo = torch.zeros((n, s, s), dtype=torch.float16) if c.keep_maps and c.use_pseudo else None
+
+    # --- state --------------------------------------------------------------------------
+    def modules(self):
+        return {"student": self.net, "teacher": self.teacher}
+
+    def optimizers(self):
+        return {"opt": self.opt, "sched": self.sched}
+
+    def extra_state(self):
+        st = {"rng": self.g.get_state(), "w_label": self.w_label, "w_pseudo": self.w_pseudo}
+        if self.maps_label is not None:
+            st["maps_label"] = self.maps_label
+        if self.maps_pseudo is not None:
+            st["maps_pseudo"] = self.maps_pseudo
+        return st
+
+    def load_extra_state(self, state):
+        self.g.set_state(state["rng"])
+        self.w_label = state["w_label"].clone()
+        self.w_pseudo = state["w_pseudo"].clone()
+        if self.maps_label is not None and "maps_label" in state:
+            self.maps_label = state["maps_label"].clone()
+        if self.maps_pseudo is not None and "maps_pseudo" in state:
+            self.maps_pseudo = state["maps_pseudo"].clone()
+
+    # --- training -----------------------------------------------------------------------
+    @property
+    def views(self) -> int:
+        """K: the original plus Q views with PLE, else 1."""
+        return self.config.ple_views + 1 if self.config.use_ple else 1
+
+    def phases(self, epochs: int) -> list[Phase]:
+        ph = [Phase("train", epochs)]
+        if self.config.warmup_epochs:
+            ph.insert(0, Phase("warmup", self.config.warmup_epochs))
+        return ph
+
+    def make_batch(self, idx: torch.Tensor, phase: Phase) -> dict:
+        if phase.name == "train" and self.config.views_share_batch and self.views > 1:
+            idx = idx[: max(1, len(idx) // self.views)]
+        batch = self.ctx.data.train.batch(idx)
+        sel = self.clean[torch.randint(len(self.clean), (self.config.meta_batch,), generator=self.g)]
+        meta = self.ctx.data.train.batch(sel)
+        batch["meta_image"], batch["meta_label"] = meta["image"], meta["label"]
+        return batch
+
+    def _flips(self, n: int) -> augment.AffineParams:
+        p = 0.5 if self.config.augment else 0.0
+        return augment.sample_affine(n, flip_p=p, vflip_p=p, generator=self.g, device=self.ctx.device)
+
+    def train_step(self, batch: dict, info: StepInfo) -> dict[str, float]:
+        if info.phase == "warmup":
+            return self._warmup_step(batch)
+        return self._meta_step(batch, info)
+
+    def _warmup_step(self, batch: dict) -> dict[str, float]:
+        fl, mfl = self._flips(len(batch["image"])), self._flips(len(batch["meta_image"]))
+        x = torch.cat([augment.apply(batch["image"], fl), augment.apply(batch["meta_image"], mfl)])
+        y = torch.cat([augment.apply(batch["label"], fl, mode="nearest"), augment.apply(batch["meta_label"], mfl, mode="nearest")])[:, 0]
+        has = torch.cat([batch["kind"] != KIND_NONE, torch.ones(len(batch["meta_image"]), dtype=torch.bool, device=x.device)])
+        self.net.train()
+        logits = self.net(x)
+        loss = F.cross_entropy(logits[has], y[has]) if has.any() else logits.sum() * 0
+        grads = torch.autograd.grad(loss, list(self.net.parameters()), allow_unused=True)
+        self._apply(grads)
+        self.teacher.update_parameters(self.net)
+        return {"loss": float(loss.detach())}
+
+    def _meta_step(self, batch: dict, info: StepInfo) -> dict[str, float]:
+        c = self.config
+        dev = self.ctx.device
+        k = self.views
+        x0, y0 = batch["image"], batch["label"]
+        b = x0.shape[0]
+        # base flips (undone exactly when the weight maps are stored), then PLE views
+        fl = self._flips(b)
+        x, y = augment.apply(x0, fl), augment.apply(y0, fl, mode="nearest")
+        if k > 1:
+            vp = view_params(b, c.ple_views, self.g, c.zoom_in_max, c.zoom_out_min, dev)
+            xv = apply_image(x.repeat(k, 1, 1, 1), vp)
+            yv = augment.apply(y.repeat(k, 1, 1, 1), vp, mode="nearest")[:, 0]
+        else:
+            vp, xv, yv = None, x, y[:, 0]
+        has_label = (batch["kind"] != KIND_NONE).repeat(k).to(dev)
+        mfl = self._flips(len(batch["meta_image"]))
+        xm = augment.apply(batch["meta_image"], mfl)
+        ym = augment.apply(batch["meta_label"], mfl, mode="nearest")[:, 0]
+        tnoise = None
+        if c.use_mean_teacher:
+            tnoise = (torch.randn(xv.shape, generator=self.g) * c.teacher_noise).to(dev)
+
+        self.net.train()
+        params = dict(self.net.named_parameters())
+        logits = self.net(xv)  # the step's one running-statistics update
+        prob = torch.softmax(logits.float(), 1)
+        # pseudo labels (eq. 3; eq. 10 with PLE), from the student at θ_t, no gradient
+        with torch.no_grad():
+            fg = prob[:, 1:2].detach()
+            if k > 1:
+                avg = view_average(fg, vp, k)  # (b, 1, H, W) original frame
+                yp = (augment.apply(avg.repeat(k, 1, 1, 1), vp) > 0.5).long()[:, 0]
+            else:
+                yp = (fg > 0.5).long()[:, 0]
+        mask_n = has_label[:, None, None].float()
+        cost_n = F.cross_entropy(logits.float(), yv, reduction="none") * mask_n
+        cost_p = F.cross_entropy(logits.float(), yp, reduction="none") if c.use_pseudo else None
+        costs = [cost_n] + ([cost_p] if cost_p is not None else [])
+
+        # eqs. 4–8: meta-learned weights
+        if c.use_meta:
+            g_eps, meta_loss, g_clean = lookahead_weights(self.net, xm, ym, costs, params, c.inner_lr)
+            w_n, w_p = normalise_weights(-g_eps[0].detach() * mask_n, -g_eps[1].detach() if c.use_pseudo else None,
+                                         c.weight_eps, joint=c.weight_norm == "joint")
+        else:  # fixed uniform weights (bootstrapping, Reed et al. 2014)
+            w_n = mask_n.expand_as(cost_n) / mask_n.expand_as(cost_n).sum().clamp_min(1)
+            w_p = torch.full_like(cost_p, 1.0 / cost_p.numel()) if cost_p is not None else None
+            meta_loss, g_clean = None, None
+            if c.clean_weight > 0:
+                self.net.train()
+                buffers = {n: bb.clone() for n, bb in self.net.named_buffers()}
+                meta = F.cross_entropy(functional_call(self.net, {**params, **buffers}, (xm,)).float(), ym)
+                g_clean = list(torch.autograd.grad(meta, list(params.values()), retain_graph=True, allow_unused=True))
+                g_clean = [g if g is not None else torch.zeros_like(p) for g, p in zip(g_clean, params.values())]
+                meta_loss = meta.detach()
+
+        # eq. 9 (+ eq. 11, eq. 13): the real update from the same forward pass
+        l_w = (w_n * cost_n).sum() + ((w_p * cost_p).sum() if cost_p is not None else 0.0)
+        loss = l_w
+        out = {"weighted": float(l_w.detach())}
+        if k > 1 and c.ple_weight > 0:
+            l_aug = ple_consistency(prob, vp, k)
+            loss = loss + c.ple_weight * l_aug
+            out["ple"] = float(l_aug.detach())
+        if c.use_mean_teacher:
+            with torch.no_grad():
+                self.teacher.train()
+                t_prob = torch.softmax(self.teacher(xv + tnoise).float(), 1)
+            lam = c.mt_weight * sigmoid_rampup(info.epoch + info.step / max(info.steps, 1), c.mt_rampup_epochs)
+            l_st = F.mse_loss(prob, t_prob)
+            loss = loss + lam * l_st
+            out["mt"] = float(l_st.detach())
+            out["mt_w"] = lam
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        if g_clean is not None and c.clean_weight > 0:
+            grads = [(g if g is not None else 0) + c.clean_weight * gc for g, gc in zip(grads, g_clean)]
+            out["meta"] = float(meta_loss)
+        self._apply(grads)
+        self.teacher.update_parameters(self.net)
+
+        self._record(batch["index"], fl, vp, k, w_n, w_p, mask_n, has_label)
+        out["loss"] = float(loss.detach()) + (c.clean_weight * float(meta_loss) if meta_loss is not None and c.clean_weight > 0 else 0.0)
+        return out
+
+    def _apply(self, grads) -> None:
+        """Set the gradients, average them over DDP ranks, clip, step."""
+        params = list(self.net.parameters())
+        self.opt.zero_grad(set_to_none=True)
+        for p, g in zip(params, grads):
+            p.grad = None if g is None or isinstance(g, int) else g.detach().clone()
+        if self.ctx.world_size > 1:
+            for p in params:
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= self.ctx.world_size
+        if self.config.clip:
+            torch.nn.utils.clip_grad_norm_(params, self.config.clip)
+        self.opt.step()
+
+    @torch.no_grad()
+    def _record(self, index, fl, vp, k, w_n, w_p, mask_n, has_label) -> None:
+        """Keep, per slice, the mean relative weight (1 = batch average) and its map in the
+        slice's own frame (views averaged back, base flips undone)."""
+        def rel(w, m):
+            n = m.sum().clamp_min(1.0)
+            return w * n  # weights sum to 1 over the n pixels that can carry weight
+
+        def back(w):
+            w = w[:, None]
+            if k > 1:
+                w = view_average(w, vp, k)
+            return augment.invert(w, fl)[:, 0]
+
+        idx = index.cpu()
+        rn = back(rel(w_n, mask_n.expand_as(w_n)))
+        has = has_label.view(k, -1)[0].cpu()
+        mean_n = rn.mean((1, 2)).float().cpu()
+        self.w_label[idx[has]] = mean_n[has]
+        if self.maps_label is not None:
+            self.maps_label[idx[has]] = rn[has.to(rn.device)].to(torch.float16).cpu()
+        if w_p is not None:
+            rp = back(rel(w_p, torch.ones_like(w_p)))
+            self.w_pseudo[idx] = rp.mean((1, 2)).float().cpu()
+            if self.maps_pseudo is not None:
+                self.maps_pseudo[idx] = rp.to(torch.float16).cpu()
+
+    def end_epoch(self, info: StepInfo) -> EpochReport:
+        if info.phase == "train":
+            self.sched.step()
+        seen = ~torch.isnan(self.w_label)
+        m = {"lr": self.opt.param_groups[0]["lr"]}
+        if seen.any():
+            m["mean_w_label"] = float(self.w_label[seen].mean())
+        if self.config.use_pseudo and (~torch.isnan(self.w_pseudo)).any():
+            m["mean_w_pseudo"] = float(self.w_pseudo[~torch.isnan(self.w_pseudo)].mean())
+        return EpochReport(metrics=m)
+
+    # --- inference and outputs -------------------------------------------------------------
+    @torch.no_grad()
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        net = self.teacher if self.config.predict_with == "teacher" else self.net
+        net.eval()
+        return torch.softmax(net(images).float(), dim=1)
+
+    def case_weights(self) -> dict[str, dict[str, float]]:
+        """Per imperfect training case: mean relative weight on its given label and on
+        the pseudo label (NaN slices, never visited, are left out)."""
+        out = {}
+        for rec in self.ctx.data.train.records:
+            sl = torch.arange(rec.start, rec.start + rec.count)
+            wl, wp = self.w_label[sl], self.w_pseudo[sl]
+            row = {}
+            if (~torch.isnan(wl)).any():
+                row["meta_weight_label"] = float(wl[~torch.isnan(wl)].mean())
+            if (~torch.isnan(wp)).any():
+                row["meta_weight_pseudo"] = float(wp[~torch.isnan(wp)].mean())
+            if row:
+                out[rec.case_id] = row
+        return out
+
+    def quality(self, predictions, job) -> QualityResult:
+        c = self.config
+        weights = self.case_weights()
+        rows, maps = [], {}
+        axis = self.ctx.data.config.axis
+        for split, _, rec in self.ctx.data.all_records():
+            cols = {"split": split, "label_kind": rec.kind}
+            w = weights.get(rec.case_id) if split == "train" else None
+            if not w or "meta_weight_label" not in w:
+                cols["score_source"] = "meta_set" if rec.kind == "clean" and split == "train" else "not_reweighted"
+                cols.update(w or {})
+                rows.append(CaseQuality(rec.case_id, float("nan"), cols, flag=False))
+                continue
+            wl = w["meta_weight_label"]
+            wp = w.get("meta_weight_pseudo")
+            if wp is not None and c.use_pseudo:
+                score = wl / (wl + wp) if wl + wp > 0 else 0.5
+                flag = score < 0.5 - c.flag_margin
+                cols["score_source"] = "label_weight_share"
+            else:
+                score, flag = wl, None
+                cols["score_source"] = "label_weight"
+            cols.update(w)
+            rows.append(CaseQuality(rec.case_id, float(score), cols, flag=flag))
+            if c.keep_maps:
+                maps[rec.case_id] = self._case_maps(rec, axis)
+        return QualityResult(rows, maps)
+
+    def _case_maps(self, rec, axis: int) -> dict[str, np.ndarray]:
+        out = {}
+        sl = slice(rec.start, rec.start + rec.count)
+        for name, store, vec in (("meta_weight_label", self.maps_label, self.w_label),
+                                 ("meta_weight_pseudo", self.maps_pseudo, self.w_pseudo)):
+            if store is None:
+                continue
+            m = store[sl].float().clone()
+            m[torch.isnan(vec[sl])] = 0.0  # never-visited slices
+            m = resize_probabilities(m[:, None], rec.inplane)[:, 0]
+            out[name] = from_slices(m.numpy(), axis).astype(np.float32)
+        return out
+
+
+__all__ = ["MetaReweight", "MetaReweightConfig", "lookahead_weights", "normalise_weights", "view_params",
+           "view_average", "ple_consistency", "apply_image"]

@@ -1,0 +1,307 @@
+"""The presence/absence codec (Vorontsov et al., seed 002, Sec. III-B/C/D, Table I).
+
+One encoder ``f`` splits an image into a *common* code ``c`` and a *unique* code ``u``
+(Eq. 1); a *common* decoder ``g_com(c)`` gives the absence image (Eq. 2); a *residual*
+decoder ``g_res(c, u)`` gives the additive change that puts the target back (Eq. 3).
+The residual decoder also segments (Eq. 4): the same convolutions, its own set of
+normalisation parameters, and a 1×1 classifier in place of its last layer
+(``seg_decoder="separate"`` gives the segmenter a decoder of its own instead).
+
+Why hand-written: MONAI has no decoder whose normalisation layers switch between two
+parameter sets while the convolutions are shared, no encoder with a common/unique
+code split, and no compressed long skips; the blocks below are the paper's
+norm → ReLU → conv ("NRC") units with PyTorch layers, normalisation layers come from
+MONAI's factory, spectral norm from ``torch.nn.utils.parametrizations``.
+
+Architecture (Table I, scaled by ``features`` and ``depth``): the encoder is a 3×3
+conv with ``features`` channels, then ``depth - 1`` stride-2 NRC blocks with short
+(residual) skips doubling the channels, then norm + ReLU; the bottleneck has
+``features·2^(depth-1)`` channels (paper: 16 and 6 → 512), the last
+``unique_fraction`` of them (paper: 128/512) form ``u``. Each decoder mirrors the
+encoder with ``depth - 1`` nearest-neighbour ×2 upsampling blocks (the first a plain
+conv "C", the rest NRC; short skips in the common decoder only; kernel 3 in the
+common decoder, 5 in the residual decoder) and ends with norm → ReLU → conv to the
+image channels and ``tanh``. Long skips from the encoder enter each decoder after the
+block of the same resolution (every level but the bottleneck, as in the reference
+code), as ``skips``:
+
+- ``compressed`` (the paper's, Sec. III-C): 1×1 conv to one channel, instance norm,
+  concatenated;
+- ``full``: the feature stack concatenated; ``sum``: added; ``none``: no long skips.
+
+Convolutions use reflection padding and Kaiming-normal initialisation (Sec. IV-B).
+With ``spectral=True`` every convolution is spectrally normalised except the
+segmentation classifier (the reference code removes it there too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers.utils import get_norm_layer
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+NormKind = Literal["instance", "layer", "batch"]
+SkipKind = Literal["compressed", "full", "sum", "none"]
+
+_NORMS = {
+    "instance": ("instance", {"affine": True}),
+    "layer": ("group", {"num_groups": 1}),  # GroupNorm(1, C): per-sample over (C, H, W), per-channel affine
+    "batch": ("batch", {}),
+}
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """Instance, layer or batch normalisation of ``channels`` 2D feature maps (MONAI factory)."""
+    if kind not in _NORMS:
+        raise ValueError(f"unknown normalisation '{kind}'; use instance, layer or batch")
+    return get_norm_layer(_NORMS[kind], spatial_dims=2, channels=channels)
+
+
+def conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    """A 2D convolution with reflection padding and Kaiming-normal weights (Sec. IV-B)."""
+    c = nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, padding_mode="reflect" if kernel > 1 else "zeros")
+    nn.init.kaiming_normal_(c.weight, nonlinearity="relu")
+    nn.init.zeros_(c.bias)
+    return c
+
+
+class SwitchNorm(nn.Module):
+    """One normalisation layer per decoder task; ``mode`` picks the parameter set
+    (0: translation, 1: segmentation; Sec. III-D, "a different normalization is applied
+    to each layer depending on whether the output is a translation residual or a
+    segmentation")."""
+
+    def __init__(self, kind: str, channels: int, modes: int = 1):
+        super().__init__()
+        self.norms = nn.ModuleList([make_norm(kind, channels) for _ in range(modes)])
+
+    def forward(self, x: torch.Tensor, mode: int = 0) -> torch.Tensor:
+        return self.norms[mode](x)
+
+
+class NRC(nn.Module):
+    """norm → ReLU → conv, optionally stride-2 (``down``) or after ×2 nearest upsampling
+    (``up``, to an explicit size); ``short_skip`` adds a residual path (identity or a
+    1×1 conv when the shape changes). ``pre=False`` drops norm and ReLU (Table I's "C")."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, norm: str, modes: int = 1, down: bool = False,
+                 up: bool = False, short_skip: bool = False, pre: bool = True):
+        super().__init__()
+        self.up = up
+        self.norm = SwitchNorm(norm, cin, modes) if pre else None
+        self.conv = conv(cin, cout, kernel, stride=2 if down else 1)
+        self.shortcut: nn.Module | None = None
+        if short_skip:
+            self.shortcut = nn.Identity() if (cin == cout and not down) else conv(cin, cout, 1, stride=2 if down else 1)
+
+    def forward(self, x: torch.Tensor, mode: int = 0, size: tuple[int, int] | None = None) -> torch.Tensor:
+        if self.up:
+            x = F.interpolate(x, size=size, mode="nearest")
+        h = x
+        if self.norm is not None:
+            h = F.relu(self.norm(h, mode))
+        out = self.conv(h)
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        return out
+
+
+@dataclass
+class Code:
+    """An encoding: common and unique codes, the encoder's long-skip features (level 0
+    = full resolution … ``depth - 2``) and the spatial size of every level."""
+
+    common: torch.Tensor
+    unique: torch.Tensor
+    skips: list[torch.Tensor]
+    sizes: list[tuple[int, int]]
+
+    @property
+    def full(self) -> torch.Tensor:
+        return torch.cat([self.common, self.unique], dim=1)
+
+    def __len__(self) -> int:
+        return int(self.common.shape[0])
+
+    def select(self, idx) -> "Code":
+        """The codes of the batch entries ``idx`` (a slice or an index tensor)."""
+        return Code(self.common[idx], self.unique[idx], [s[idx] for s in self.skips], self.sizes)
+
+    @staticmethod
+    def cat(codes: list["Code"]) -> "Code":
+        return Code(torch.cat([c.common for c in codes]), torch.cat([c.unique for c in codes]),
+                    [torch.cat(s) for s in zip(*[c.skips for c in codes])], codes[0].sizes)
+
+
+class Encoder(nn.Module):
+    """``f`` of Eq. (1): C → (depth − 1) × stride-2 NRC* → norm → ReLU; returns a :class:`Code`."""
+
+    def __init__(self, in_channels: int, features: int, depth: int, unique: int, norm: str = "instance",
+                 short_skips: bool = True):
+        super().__init__()
+        ch = [features * 2**i for i in range(depth)]
+        self.unique = unique
+        self.first = conv(in_channels, ch[0], 3)
+        self.blocks = nn.ModuleList([NRC(ch[i - 1], ch[i], 3, norm, down=True, short_skip=short_skips)
+                                     for i in range(1, depth)])
+        self.out_norm = make_norm(norm, ch[-1])
+        self.channels = ch
+
+    def forward(self, x: torch.Tensor) -> Code:
+        skips, sizes = [], []
+        h = self.first(x)
+        for block in self.blocks:
+            skips.append(h)  # the feature stack before each resolution change
+            sizes.append((int(h.shape[-2]), int(h.shape[-1])))
+            h = block(h)
+        h = F.relu(self.out_norm(h))
+        c, u = torch.split(h, [h.shape[1] - self.unique, self.unique], dim=1)
+        return Code(c, u, skips, sizes)
+
+
+class Decoder(nn.Module):
+    """A decoder of Table I: (depth − 1) upsampling blocks with long skips, then
+    norm → ReLU → conv to ``out_channels`` (``tanh`` applied by the caller).
+
+    ``modes=2`` gives every normalisation layer a second parameter set for the
+    segmentation mode, whose output layer is the 1×1 ``classifier`` (Eq. 4):
+    ``g_seg = s ∘ ĝ_res``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, features: int, depth: int, kernel: int = 3,
+                 norm: str = "layer", skips: str = "compressed", short_skips: bool = False, modes: int = 1,
+                 classes: int | None = None, out_kernel: int | None = None):
+        super().__init__()
+        if skips not in ("compressed", "full", "sum", "none"):
+            raise ValueError(f"unknown long skip type '{skips}'")
+        self.skip_kind = skips
+        ch = [features * 2**i for i in range(depth)]  # encoder channels per level
+        self.levels = list(range(depth - 2, -1, -1))  # decoder block i ends at encoder level levels[i]
+        self.blocks = nn.ModuleList()
+        self.compress = nn.ModuleList()
+        cin = in_channels
+        for i, lvl in enumerate(self.levels):
+            cout = ch[lvl]
+            self.blocks.append(NRC(cin, cout, kernel, norm, modes, up=True, pre=i > 0, short_skip=short_skips and i > 0))
+            if skips == "compressed":
+                self.compress.append(nn.Sequential(conv(ch[lvl], 1, 1), make_norm("instance", 1)))
+                cin = cout + 1
+            elif skips == "full":
+                cin = cout + ch[lvl]
+            else:
+                cin = cout
+        self.out_norm = SwitchNorm(norm, cin, modes)
+        self.out_conv = conv(cin, out_channels, out_kernel or kernel)
+        self.classifier = conv(cin, classes, 1) if (modes > 1 and classes) else None
+        self.modes = modes
+
+    def forward(self, z: torch.Tensor, skips: list[torch.Tensor], sizes: list[tuple[int, int]], mode: int = 0) -> torch.Tensor:
+        h = z
+        for i, (block, lvl) in enumerate(zip(self.blocks, self.levels)):
+            h = block(h, mode, size=sizes[lvl])
+            if self.skip_kind == "compressed":
+                h = torch.cat([h, self.compress[i](skips[lvl])], dim=1)
+            elif self.skip_kind == "full":
+                h = torch.cat([h, skips[lvl]], dim=1)
+            elif self.skip_kind == "sum":
+                h = h + skips[lvl]
+        h = F.relu(self.out_norm(h, mode))
+        if mode == 1:
+            if self.classifier is None:
+                raise ValueError("this decoder has no segmentation mode")
+            return self.classifier(h)
+        return self.out_conv(h)
+
+
+@dataclass
+class CodecConfig:
+    in_channels: int = 1
+    features: int = 16
+    depth: int = 6
+    unique_fraction: float = 0.25
+    enc_norm: str = "instance"
+    dec_norm: str = "layer"
+    skips: str = "compressed"
+    short_skips: bool = True
+    seg_decoder: Literal["shared", "separate"] = "shared"
+    spectral: bool = True
+    classes: int = 2
+
+
+class PACodec(nn.Module):
+    """Encoder + common decoder + residual decoder (+ a separate segmentation decoder).
+
+    - :meth:`encode` — Eq. (1); :meth:`absence` — ``g_com(c)``, Eq. (2);
+    - :meth:`residual` — ``g_res(c, u)``, Eq. (3), with the case's own ``u`` or a
+      given one (``u ~ N(0, I)`` for A→P, Eq. 5);
+    - :meth:`segment` — logits ``(B, classes, H, W)``, Eq. (4).
+    """
+
+    def __init__(self, cfg: CodecConfig):
+        super().__init__()
+        self.cfg = cfg
+        bottleneck = cfg.features * 2 ** (cfg.depth - 1)
+        self.n_unique = max(1, min(bottleneck - 1, int(round(cfg.unique_fraction * bottleneck))))
+        n_common = bottleneck - self.n_unique
+        self.encoder = Encoder(cfg.in_channels, cfg.features, cfg.depth, self.n_unique, cfg.enc_norm, cfg.short_skips)
+        self.common = Decoder(n_common, cfg.in_channels, cfg.features, cfg.depth, 3, cfg.dec_norm, cfg.skips,
+                              short_skips=cfg.short_skips)
+        shared = cfg.seg_decoder == "shared"
+        self.residual_dec = Decoder(bottleneck, cfg.in_channels, cfg.features, cfg.depth, 5, cfg.dec_norm, cfg.skips,
+                                    modes=2 if shared else 1, classes=cfg.classes if shared else None)
+        self.segmenter: Decoder | None = None
+        if not shared:
+            self.segmenter = Decoder(bottleneck, cfg.classes, cfg.features, cfg.depth, 5, cfg.dec_norm, cfg.skips,
+                                     out_kernel=1)
+        if cfg.spectral:
+            keep = {id(self.residual_dec.classifier)}
+            if self.segmenter is not None:
+                keep.add(id(self.segmenter.out_conv))
+            apply_spectral_norm(self, exclude=keep)
+
+    def encode(self, x: torch.Tensor) -> Code:
+        return self.encoder(x)
+
+    def absence(self, code: Code) -> torch.Tensor:
+        """The absence-domain image ``tanh(g_com(c))`` (x_PA for a present image, x_AA for an absent one)."""
+        return torch.tanh(self.common(code.common, code.skips, code.sizes))
+
+    def residual(self, code: Code, unique: torch.Tensor | None = None) -> torch.Tensor:
+        """The additive change ``tanh(g_res(c, u))``; ``unique`` replaces the encoded ``u``."""
+        u = code.unique if unique is None else unique
+        return torch.tanh(self.residual_dec(torch.cat([code.common, u], 1), code.skips, code.sizes, mode=0))
+
+    def segment(self, code: Code) -> torch.Tensor:
+        """Segmentation logits from the residual decoder in segmentation mode (or the separate decoder)."""
+        if self.segmenter is not None:
+            return self.segmenter(code.full, code.skips, code.sizes)
+        return self.residual_dec(code.full, code.skips, code.sizes, mode=1)
+
+    def sample_unique(self, code: Code, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``u ~ N(0, I)`` shaped like ``code.unique`` (drawn on the CPU generator, then moved)."""
+        u = torch.randn(code.unique.shape, generator=generator)
+        return u.to(device=code.unique.device, dtype=code.unique.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits of ``x`` (what inference needs)."""
+        return self.segment(self.encode(x))
+
+
+def apply_spectral_norm(module: nn.Module, exclude: set[int] = frozenset()) -> nn.Module:
+    """Spectral normalisation (Miyato et al.) on every convolution and linear layer of
+    ``module`` except those whose ``id`` is in ``exclude``."""
+    for m in list(module.modules()):
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in exclude:
+            spectral_norm(m)
+    return module
+
+
+def min_size(depth: int) -> int:
+    """The smallest image side the codec accepts at ``depth`` (the bottleneck must be ≥ 2 px
+    for reflection padding)."""
+    return 2 ** depth

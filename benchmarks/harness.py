@@ -1,0 +1,374 @@
+"""Benchmark harness: phantom cohort → baselines and a method → one JSON of results.
+
+For a task (``benchmarks.md``), the harness builds the seeded phantom cohort, then runs
+in the same process and on the same machine:
+
+- the **noisy baseline** (``supervised``, ``labels=all``: every label as if clean),
+- the **clean-only** baseline (``supervised`` on the clean labels),
+- the **oracle** (``supervised`` on the true labels of every training case),
+- the **method** (with its plan's settings) and its **ablation** rows,
+
+evaluates every run's test-case predictions against the true labels (Dice, mean ± sd
+over cases), and adds ``gap_covered`` = (method − noisy) / (oracle − noisy), the
+step-time ratio method ÷ supervised (same batch, same process), and label-quality
+triage (Spearman correlation of the method's per-case ``score`` with the true Dice of
+the case's training label; precision of the top-k flags).
+
+In the ``semi`` and ``mixed`` settings the clean-only run is also the task
+standardization: its predictions become the noisy labels of the unlabelled training
+cases in a derived cohort (a ``cohort.csv`` pointing at the original images), on which
+the noisy baseline, the oracle's counterpart and the method then run.
+
+A method adds its specifics in ``benchmarks/plans/<method>.py`` with a function
+``plan(profile: str, task: str, setting: str | None) -> Plan``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "AnnotationEfficientSeg"))
+
+from aeseg.cohort.manifest import load_cohort  # noqa: E402
+from aeseg.cohort.reading import read_label  # noqa: E402
+from aeseg.data.phantoms import PhantomConfig, make_phantom_cohort  # noqa: E402
+from aeseg.engine.config import resolve_config  # noqa: E402
+from aeseg.engine.loop import create_job, run_job  # noqa: E402
+from aeseg.quality.metrics import dice  # noqa: E402
+from aeseg.quality.table import read_quality_csv  # noqa: E402
+
+# Settings every run of a profile shares (flat keys as in ``aeseg train --set``).
+PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {"engine.epochs": 30, "engine.batch_size": 16, "data.size": 64, "engine.probability_maps": False},
+    "full": {"engine.epochs": 100, "engine.batch_size": 16, "data.size": 96, "engine.probability_maps": False},
+}
+PHANTOM_PROFILES: dict[str, dict[str, Any]] = {"quick": {"size": 64}, "full": {"size": 96}}
+
+
+@dataclass
+class Variant:
+    """One run: a name, a method and its setting overrides."""
+
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    method: str | None = None  # default: the benchmarked method
+
+
+@dataclass
+class Plan:
+    overrides: dict[str, Any] = field(default_factory=dict)  # the method's main run
+    ablations: list[Variant] = field(default_factory=list)
+    baselines: tuple[str, ...] = ("noisy_baseline", "clean_only", "oracle")
+    gap_reference: str = "noisy_baseline"  # the lower end of "gap covered"
+    phantom: dict[str, Any] = field(default_factory=dict)  # PhantomConfig overrides
+    timing_phase: int = 0  # which of the method's phases to time
+    extra: Callable[["Bench", dict], dict] | None = None  # method-specific measurements
+
+
+@dataclass
+class RunResult:
+    name: str
+    method: str
+    job: Path
+    test_dice: dict[str, float]
+    per_case: dict[str, float]
+    best_val_dice: float | None
+    wall_s: float
+    epochs: int
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "test_dice": self.test_dice, "best_val_dice": self.best_val_dice,
+                "wall_s": round(self.wall_s, 1), "epochs": self.epochs, "job": str(self.job)}
+
+
+def load_plan(method: str, profile: str, task: str, setting: str | None) -> Plan:
+    path = HERE / "plans" / f"{method}.py"
+    if not path.is_file():
+        return Plan()
+    spec = importlib.util.spec_from_file_location(f"plan_{method}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod.plan(profile, task, setting)
+
+
+def mean_sd(values: list[float]) -> dict[str, float]:
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    if not v:
+        return {"mean": float("nan"), "sd": float("nan"), "n": 0}
+    return {"mean": round(float(np.mean(v)), 4), "sd": round(float(np.std(v)), 4), "n": len(v)}
+
+
+class Bench:
+    def __init__(self, method: str, task: str, profile: str = "quick", setting: str | None = None,
+                 noise: str | float | None = None, seed: int = 0, workdir: Path | None = None):
+        self.method, self.task, self.profile, self.setting, self.noise, self.seed = method, task, profile, setting, noise, seed
+        tag = "_".join(str(x) for x in (task, setting, noise, profile, seed) if x is not None)
+        self.workdir = Path(workdir or HERE / "work") / f"{method}_{tag}"
+        self.plan = load_plan(method, profile, task, setting)
+        self.phantom_info = None
+        self.cohort_dir: Path | None = None  # what the method trains on
+        self.runs: dict[str, RunResult] = {}
+
+    # cohorts -------------------------------------------------------------------------
+    def build_cohort(self) -> Path:
+        root = self.workdir / "cohort"
+        if root.exists():
+            import shutil
+
+            shutil.rmtree(self.workdir)
+        kw = dict(PHANTOM_PROFILES[self.profile])
+        if self.task == "noisy_organ":
+            kw["setting"] = self.setting or "noisy"
+            if (self.setting or "noisy") != "semi":
+                kw["noise"] = self.noise if self.noise is not None else "mid"
+        kw.update(self.plan.phantom)
+        self.phantom_info = make_phantom_cohort(root, PhantomConfig(task=self.task, seed=self.seed, **kw))
+        self.cohort_dir = root
+        return root
+
+    def derived_cohort(self, name: str, label_for: Callable[[Any], tuple[str, str] | None]) -> Path:
+        """A cohort.csv in ``workdir/name`` over the original images; ``label_for(case)`` gives
+        (label path, label kind) or None to keep the case's own label."""
+        src = load_cohort(self.workdir / "cohort")
+        dst = self.workdir / name
+        dst.mkdir(parents=True, exist_ok=True)
+        with open(dst / "cohort.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["case", "image", "label", "label_kind", "presence", "domain", "split", "label_value"])
+            for c in src.cases:
+                lab = label_for(c)
+                path, kind = lab if lab else ((str(c.label) if c.label else ""), c.label_kind)
+                lv = 1 if lab else (c.label_value if c.label_value is not None else "")
+                w.writerow([c.case_id, c.image, path, kind, c.presence or "", c.domain or "", c.split, lv])
+        truth = dst / "truth"
+        if not truth.exists():
+            truth.symlink_to(self.workdir / "cohort" / "truth", target_is_directory=True)
+        return dst
+
+    def oracle_cohort(self) -> Path:
+        def lab(c):
+            return (str(c.truth), "clean") if c.split == "train" and c.truth else None
+        return self.derived_cohort("cohort_oracle", lab)
+
+    def standardized_cohort(self, clean_run: RunResult) -> Path:
+        """Unlabelled training cases get the clean-only model's predictions as noisy labels."""
+        def lab(c):
+            if c.split == "train" and c.label_kind == "none":
+                return str(clean_run.job / "pseudo_labels" / f"{c.case_id}.seg.nrrd"), "noisy"
+            return None
+        return self.derived_cohort("cohort_standardized", lab)
+
+    # runs ----------------------------------------------------------------------------
+    def run(self, name: str, method: str, overrides: dict[str, Any] | None = None, cohort: Path | None = None) -> RunResult:
+        values = dict(PROFILES[self.profile])
+        values.update(overrides or {})
+        cfg = resolve_config(method, values, seed=self.seed, device="auto")
+        job_dir = self.workdir / "jobs" / name
+        if job_dir.exists():
+            import shutil
+
+            shutil.rmtree(job_dir)
+        t0 = time.time()
+        job = create_job(job_dir, cohort or self.cohort_dir, cfg, command=["benchmarks/run.py", name])
+        res = run_job(job.root, progress_bar=False)
+        wall = time.time() - t0
+        per_case = self.test_dice(job.root)
+        rr = RunResult(name, method, job.root, mean_sd(list(per_case.values())), per_case, res.best_val_dice, wall, res.epochs_run)
+        self.runs[name] = rr
+        print(f"  {name:<28} test Dice {rr.test_dice['mean']:.3f} ± {rr.test_dice['sd']:.3f}  ({wall:.0f} s)", flush=True)
+        return rr
+
+    def test_dice(self, job: Path, sub: str = "pseudo_labels") -> dict[str, float]:
+        co = load_cohort(self.workdir / "cohort")
+        out = {}
+        for c in co.cases:
+            if c.split != "test" or c.truth is None:
+                continue
+            pred, _ = read_label(job / sub / f"{c.case_id}.seg.nrrd")
+            truth, _ = read_label(c.truth)
+            out[c.case_id] = dice(pred > 0, truth > 0)
+        return out
+
+    # measurements --------------------------------------------------------------------
+    def triage(self, run: RunResult, cohort: Path | None = None) -> dict[str, Any]:
+        """Spearman(score, true Dice of the training label) and top-k flag precision, over
+        training cases whose label is not clean."""
+        from scipy.stats import spearmanr
+
+        co = load_cohort(cohort or self.cohort_dir)
+        rows = {r["case"]: r for r in read_quality_csv(run.job / "quality.csv")}
+        scores, truths, flags, ids = [], [], [], []
+        for c in co.cases:
+            if c.split != "train" or c.label_kind != "noisy" or c.case_id not in rows or c.truth is None:
+                continue
+            lab, _ = read_label(c.label, c.label_value)
+            tr, _ = read_label(c.truth)
+            scores.append(rows[c.case_id]["score"])
+            truths.append(dice(lab > 0, tr > 0))
+            flags.append(rows[c.case_id]["flag"])
+            ids.append(c.case_id)
+        if len(scores) < 3:
+            return {"n": len(scores)}
+        rho = spearmanr(scores, truths).statistic
+        k = max(1, sum(flags))
+        worst = set(np.asarray(ids)[np.argsort(truths)[:k]])
+        flagged = {i for i, f in zip(ids, flags) if f}
+        return {"n": len(scores), "spearman": round(float(rho), 4), "k": k,
+                "top_k_precision": round(len(worst & flagged) / k, 4),
+                "chance_precision": round(k / len(scores), 4)}
+
+    def step_times(self, method: str, overrides: dict[str, Any], n: int = 12, phase_index: int = 0,
+                   cohort: Path | None = None) -> float:
+        """Median seconds of one training step (same batch size, after warm-up), in process."""
+        import torch
+
+        from aeseg.cohort.summary import summarize  # noqa: F401
+        from aeseg.data.dataset import load_cohort_data
+        from aeseg.engine.device import pick_device, seed_everything
+        from aeseg.methods.base import MethodContext, StepInfo
+        from aeseg.methods.registry import get_method
+
+        values = dict(PROFILES[self.profile])
+        values.update(overrides)
+        cfg = resolve_config(method, values, seed=self.seed)
+        seed_everything(self.seed)
+        co = load_cohort(cohort or self.cohort_dir)
+        data = load_cohort_data(co, cfg.data)
+        ctx = MethodContext(device=pick_device("auto"), data=data, seed=self.seed, cohort=co)
+        m = get_method(method)(cfg.method_config, ctx)
+        phases = m.phases(cfg.engine.epochs)
+        ph = phases[min(phase_index, len(phases) - 1)]
+        m.begin_phase(ph)
+        idx = m.train_indices(ph)
+        g = torch.Generator().manual_seed(0)
+        times = []
+        for i in range(n + 3):
+            sel = idx[torch.randperm(len(idx), generator=g)[: cfg.engine.batch_size]]
+            batch = {k: (v.to(ctx.device) if torch.is_tensor(v) else v) for k, v in m.make_batch(sel, ph).items()}
+            t0 = time.perf_counter()
+            m.train_step(batch, StepInfo(ph.name, 5, ph.epochs, i, 10, i))
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+        return float(statistics.median(times))
+
+    def step_ratio(self, overrides: dict[str, Any], cohort: Path | None = None) -> dict[str, float]:
+        t_sup = self.step_times("supervised", {"labels": "all"}, cohort=cohort)
+        t_m = self.step_times(self.method, overrides, phase_index=self.plan.timing_phase, cohort=cohort)
+        t_sup2 = self.step_times("supervised", {"labels": "all"}, cohort=cohort)  # bracket the method: drift check
+        sup = (t_sup + t_sup2) / 2
+        return {"method_s": round(t_m, 4), "supervised_s": round(sup, 4), "ratio": round(t_m / sup, 3)}
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=False).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "cuda": torch.cuda.is_available(), "commit": commit}
+
+
+def gap(method: float, low: float, oracle: float) -> float | None:
+    d = oracle - low
+    return round((method - low) / d, 4) if abs(d) > 1e-6 else None
+
+
+def run_benchmark(method: str, task: str, profile: str = "quick", setting: str | None = None,
+                  noise: str | float | None = None, seed: int = 0, ablations: bool = True,
+                  out_dir: Path | None = None) -> dict[str, Any]:
+    t0 = time.time()
+    b = Bench(method, task, profile, setting, noise, seed)
+    print(f"[{method} on {task} {setting or ''} {noise or ''} profile={profile}] building the phantom cohort", flush=True)
+    b.build_cohort()
+    plan = b.plan
+    train_cohort = b.cohort_dir
+    runs: dict[str, RunResult] = {}
+    semi = task == "noisy_organ" and (setting or "noisy") in ("semi", "mixed")
+    if "clean_only" in plan.baselines or semi:
+        runs["clean_only"] = b.run("clean_only", "supervised", {"labels": "clean"})
+    if semi:
+        train_cohort = b.standardized_cohort(runs["clean_only"])
+        b.cohort_dir = train_cohort
+    if "noisy_baseline" in plan.baselines:
+        runs["noisy_baseline"] = b.run("noisy_baseline", "supervised", {"labels": "all"}, cohort=train_cohort)
+    if "oracle" in plan.baselines:
+        runs["oracle"] = b.run("oracle", "supervised", {"labels": "clean"}, cohort=b.oracle_cohort())
+    if method != "supervised" or plan.overrides:
+        runs["method"] = b.run("method", method, plan.overrides, cohort=train_cohort)
+    else:
+        runs["method"] = runs["clean_only"]
+    abl = {}
+    if ablations:
+        for v in plan.ablations:
+            r = b.run(f"ablation_{v.name}", v.method or method, v.overrides, cohort=train_cohort)
+            abl[v.name] = r.test_dice
+    ref = runs.get(plan.gap_reference)
+    result: dict[str, Any] = {
+        "method": method, "task": task, "setting": setting, "noise": noise, "profile": profile, "seed": seed,
+        "phantom": b.phantom_info.to_dict() if b.phantom_info else None,
+        "noisy_label_mean_dice": getattr(b.phantom_info, "noisy_mean_dice", None),
+        "test_dice": {k: r.test_dice for k, r in runs.items()},
+        "gap_reference": plan.gap_reference,
+        "gap_covered": gap(runs["method"].test_dice["mean"], ref.test_dice["mean"], runs["oracle"].test_dice["mean"])
+        if ref and "oracle" in runs else None,
+        "ablations": abl,
+        "runs": {k: r.to_dict() for k, r in runs.items()},
+    }
+    print("  timing steps ...", flush=True)
+    result["step_time"] = b.step_ratio(plan.overrides, cohort=train_cohort)
+    if runs["method"].job.exists() and (runs["method"].job / "quality.csv").exists():
+        result["triage"] = b.triage(runs["method"], cohort=train_cohort)
+    if plan.extra:
+        result["extra"] = plan.extra(b, result)
+    cfg = resolve_config(method, {**PROFILES[profile], **plan.overrides})
+    result.update({"machine": machine(), "image_size": cfg.data.size, "epochs": cfg.engine.epochs,
+                   "batch_size": cfg.engine.batch_size, "wall_s": round(time.time() - t0, 1),
+                   "date": time.strftime("%Y-%m-%d", time.gmtime())})
+    out_dir = Path(out_dir or HERE / "results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = [method, task] + [str(x) for x in (setting, noise) if x is not None]
+    if profile != "quick":
+        parts.append(profile)
+    path = out_dir / ("_".join(parts) + ".json")
+    path.write_text(json.dumps(result, indent=2, default=_json) + "\n")
+    print(summary_line(result))
+    print(f"  wrote {path}")
+    return result
+
+
+def _json(o):
+    if isinstance(o, Path):
+        return str(o)
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(type(o).__name__)
+
+
+def summary_line(r: dict) -> str:
+    td = r["test_dice"]
+    parts = [f"{k} {v['mean']:.3f}" for k, v in td.items()]
+    g = r.get("gap_covered")
+    tri = r.get("triage", {})
+    return (f"  test Dice: {', '.join(parts)}; gap covered {g if g is not None else 'n/a'}; "
+            f"step ratio {r['step_time']['ratio']}; triage spearman {tri.get('spearman', 'n/a')}")
