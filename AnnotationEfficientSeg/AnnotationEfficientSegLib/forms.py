@@ -212,6 +212,7 @@ class MethodForm:
         from . import qt_shim as q
 
         self._q = q
+        q.guard_none_refcount()
         self.specs = parse_schema(schema)
         self.widget = q.QWidget(parent)
         self.widget.setObjectName("methodForm")

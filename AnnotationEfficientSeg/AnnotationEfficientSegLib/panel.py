@@ -718,6 +718,7 @@ class Panel:
 
     def _tick(self) -> None:
         """Timer: finish short commands, follow the job's events, reload quality.csv when it changes."""
+        q.guard_none_refcount()
         for item in list(self._commands):
             p, finish, _ = item
             if p.poll() is not None:
@@ -786,7 +787,7 @@ class Panel:
             bar.setValue(int(round((frac or 0.0) * 1000)))
         level = {RUNNING: "info", DONE: "ok", ERROR: "error", CANCELLED: "warning"}.get(st.status, "muted")
         text = st.summary()
-        if self.job_process is not None and self.job_process.cancelling:
+        if self.job_process is not None and self.job_process.cancelling and st.status == RUNNING:
             text = "Cancelling… " + text
         elif st.status == RUNNING and self._stale():
             text += "  (no news for a while: the run may have stopped; Resume continues it)"

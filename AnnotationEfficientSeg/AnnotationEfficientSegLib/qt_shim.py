@@ -16,6 +16,7 @@ to code written against this shim:
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any, Callable
 
 try:  # 3D Slicer (PythonQt): every Qt class lives in the flat ``qt`` module
@@ -50,6 +51,39 @@ except ImportError:  # outside Slicer
     Slot = _QtCore.Slot
 
 IN_SLICER = BINDING == "PythonQt"
+
+# PySide6 6.12.0 on Python < 3.12 drops one reference to None on every call of a method
+# that returns void (setEnabled, setText…); after a few thousand calls Python aborts with
+# "none_dealloc". (None is immortal from Python 3.12; PythonQt in Slicer is not affected.)
+# When the probe below sees the leak, None's reference count is raised far out of reach.
+# The extra references are never given back, so this also holds while Python shuts down.
+NONE_LEAK = False
+_NONE_RESERVE = 1 << 40
+
+
+def _probe_none_leak() -> bool:
+    if IN_SLICER or sys.version_info >= (3, 12):
+        return False
+    probe = _ns.QObject()
+    before = sys.getrefcount(None)
+    for _ in range(64):
+        probe.setObjectName("probe")
+    return sys.getrefcount(None) < before - 32
+
+
+def guard_none_refcount() -> None:
+    """Keep None's reference count high if this PySide6 leaks it (a no-op otherwise)."""
+    if NONE_LEAK and sys.getrefcount(None) < _NONE_RESERVE // 2:
+        import ctypes
+
+        ctypes.c_ssize_t.from_address(id(None)).value += _NONE_RESERVE  # ob_refcnt, the first field
+
+
+NONE_LEAK = _probe_none_leak()
+if NONE_LEAK:
+    logging.getLogger(__name__).info(
+        "this PySide6 leaks references to None (PySide6 6.12 on Python < 3.12): compensating")
+guard_none_refcount()
 
 Qt = _ns.Qt
 QObject = _ns.QObject

@@ -100,6 +100,7 @@ class AideConfig(NetConfig):
     consistency: float = field(default=10.0, metadata={"help": "λ_c, weight of the consistency loss", "min": 0.0})
     warmup: int = field(default=20, metadata={"help": "warm-up epochs: ramp r = min((epoch/warmup)², 1); labels corrected every epoch until then", "min": 0})
     correct_every: int = field(default=10, metadata={"help": "after warm-up, correct labels every N epochs", "min": 1})
+    correct_start: int = field(default=1, metadata={"help": "first epoch (1-based) a correction may happen (paper: 1; later for short epochs)", "min": 1})
     correct_fraction: float = field(default=0.25, metadata={"help": "share of noisy cases (lowest Dice) corrected each time", "min": 0.0, "max": 1.0})
     largest_component: bool = field(default=True, metadata={"help": "keep only the largest connected component of a correcting prediction"})
     predict_with: Literal["average", "net1", "net2"] = field(default="average", metadata={"help": "network(s) used for predictions"})
@@ -117,10 +118,11 @@ def consistency_ramp(epoch: int, warmup: int) -> float:
     return float(min((epoch / warmup) ** 2, 1.0))
 
 
-def correction_due(epoch: int, warmup: int, every: int) -> bool:
-    """Global correction after 0-based ``epoch``: (epoch + 1) ≤ warmup or (epoch + 1) % every == 0."""
+def correction_due(epoch: int, warmup: int, every: int, start: int = 1) -> bool:
+    """Global correction after 0-based ``epoch`` (paper, global label correction; code:
+    ``(epoch + 1) <= warmup_epoch or (epoch + 1) % 10 == 0``), not before epoch ``start``."""
     e = epoch + 1
-    return e <= warmup or (every > 0 and e % every == 0)
+    return e >= start and (e <= warmup or (every > 0 and e % every == 0))
 
 
 def sharpen(prob: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -370,7 +372,7 @@ class Aide(Method):
                 s.step()
         metrics = {"r": consistency_ramp(info.epoch, c.warmup)}
         events = []
-        if c.global_correction and correction_due(info.epoch, c.warmup, c.correct_every):
+        if c.global_correction and correction_due(info.epoch, c.warmup, c.correct_every, c.correct_start):
             recs = self.correct_labels(info.epoch)
             self.history.extend(recs)
             self._final = None
