@@ -71,6 +71,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch.func import functional_call
 
@@ -102,6 +103,7 @@ class MetaReweightConfig(NetConfig):
     ple_weight: float = field(default=1.0, metadata={"help": "λ_aug: weight of the PLE view-consistency loss (eq. 11)", "min": 0.0})
     views_share_batch: bool = field(default=True, metadata={"help": "views count towards the batch size: batch_size // (Q+1) slices per step (off: every sampled slice gets Q+1 views, Q+1 times the compute)"})
     # meta step
+    meta_grad: Literal["forward", "lookahead"] = field(default="forward", metadata={"help": "how ∂L_meta/∂ε is computed: 'lookahead' = literal eq. 4-6 (double backward); 'forward' = the same derivative by one forward-mode pass (exact at ε = 0, cheaper)"})
     inner_lr: float = field(default=0.005, metadata={"help": "α: step size of the look-ahead (eq. 4)", "min": 0.0})
     meta_batch: int = field(default=4, metadata={"help": "clean (meta set) slices per step", "min": 1})
     weight_norm: Literal["separate", "joint"] = field(default="separate", metadata={"help": "normalise each weight map to sum 1 per batch (eq. 8) or both together (reference code)"})
@@ -145,30 +147,88 @@ def normalise_weights(raw_n: torch.Tensor, raw_p: torch.Tensor | None, eps: floa
     return wn, wp
 
 
-def lookahead_weights(net: torch.nn.Module, x_clean: torch.Tensor, y_clean: torch.Tensor,
-                      costs: list[torch.Tensor], params: dict[str, torch.Tensor], alpha: float
-                      ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
-    """The meta-gradient of eqs. 4–6.
+def _buffers(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Clones of the module's buffers: a functional pass in train mode writes its batch
+    statistics into these, never into the module's running mean/var."""
+    return {n: b.clone() for n, b in net.named_buffers()}
 
-    ``costs`` are per-pixel cost maps (computed from ``params`` with a graph). With
-    ε_k = 0 for every map: θ̂ = θ − α ∇θ Σ_k ε_k·cost_k (differentiable), meta loss =
-    mean CE of ``functional_call(net, θ̂ ∪ cloned buffers, x_clean)``. Returns
-    (∂meta/∂ε_k for every map, the meta loss, ∂meta/∂θ̂ per parameter = ∇θ CE_clean at θ).
 
-    The module's BN running buffers are never touched (the clones absorb the update);
-    the forward graph of ``costs`` is retained for the real update."""
+def meta_grad_lookahead(net: torch.nn.Module, params: dict[str, torch.Tensor], costs: list[torch.Tensor],
+                        x_clean: torch.Tensor, y_clean: torch.Tensor, alpha: float
+                        ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+    """∂L_meta/∂ε for every cost map by the literal one-step look-ahead of eqs. 4–6.
+
+    ``costs`` are per-pixel cost maps computed from ``params`` (graph kept). With ε_k = 0
+    (requires grad): θ̂ = θ − α ∇θ Σ_k ε_k·cost_k (``torch.autograd.grad(...,
+    create_graph=True)``), L_meta = mean CE of ``functional_call(net, θ̂ ∪ cloned buffers,
+    x_clean)`` (train-mode BN: batch statistics; the module's running buffers are not
+    written), then ``torch.autograd.grad`` of L_meta with respect to every ε_k and θ̂.
+
+    Returns (∂L_meta/∂ε_k, L_meta, ∂L_meta/∂θ̂ = ∇θ CE_clean at θ since θ̂ = θ at ε = 0).
+    The forward graph of ``costs`` is retained for the real update."""
     eps = [torch.zeros_like(c, requires_grad=True) for c in costs]
     inner = sum((e * c).sum() for e, c in zip(eps, costs))
     names = list(params)
     grads = torch.autograd.grad(inner, [params[n] for n in names], create_graph=True, allow_unused=True)
     fast = {n: (params[n] - alpha * g if g is not None else params[n]) for n, g in zip(names, grads)}
-    buffers = {n: b.clone() for n, b in net.named_buffers()}
-    logits = functional_call(net, {**fast, **buffers}, (x_clean,))
+    logits = functional_call(net, {**fast, **_buffers(net)}, (x_clean,))
     meta = F.cross_entropy(logits.float(), y_clean)
     out = torch.autograd.grad(meta, eps + [fast[n] for n in names], retain_graph=True, allow_unused=True)
     g_eps = [g if g is not None else torch.zeros_like(e) for g, e in zip(out[:len(eps)], eps)]
     g_theta = [g if g is not None else torch.zeros_like(params[n]) for g, n in zip(out[len(eps):], names)]
     return g_eps, meta.detach(), g_theta
+
+
+def clean_gradient(net: torch.nn.Module, params: dict[str, torch.Tensor], x_clean: torch.Tensor,
+                   y_clean: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(L_meta, ∇θ L_meta) on the clean batch: ``functional_call`` with cloned buffers
+    (train-mode BN on the batch statistics, running buffers untouched)."""
+    logits = functional_call(net, {**params, **_buffers(net)}, (x_clean,))
+    meta = F.cross_entropy(logits.float(), y_clean)
+    g = torch.autograd.grad(meta, list(params.values()), allow_unused=True)
+    return meta.detach(), [gi if gi is not None else torch.zeros_like(p) for gi, p in zip(g, params.values())]
+
+
+def dual_forward(net: torch.nn.Module, params: dict[str, torch.Tensor], tangents: list[torch.Tensor],
+                 x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass that returns the logits (with their reverse-mode graph) and their
+    directional derivative along ``tangents`` (forward-mode AD, ``torch.autograd.forward_ad``
+    through ``functional_call``). The module's own buffers are used: this is the step's
+    ordinary forward pass and its one running-statistics update."""
+    with fwAD.dual_level():
+        dual = {n: fwAD.make_dual(p, t.detach()) for (n, p), t in zip(params.items(), tangents)}
+        out = functional_call(net, dual, (x,))
+        primal, tangent = fwAD.unpack_dual(out)
+    if tangent is None:
+        tangent = torch.zeros_like(primal)
+    return primal, tangent
+
+
+def ce_tangent(logits: torch.Tensor, tangent: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Directional derivative of the per-pixel cross-entropy: Σ_c (softmax_c − onehot_c)·ṫ_c
+    (the CE derivative written out: forward-mode AD through ``F.cross_entropy`` conflicts
+    with the reverse graph kept for the real update)."""
+    d = torch.softmax(logits.detach().float(), 1)
+    d = d - F.one_hot(target, d.shape[1]).permute(0, 3, 1, 2).to(d.dtype)
+    return (d * tangent.float()).sum(1)
+
+
+def meta_grad_forward(logits: torch.Tensor, tangent: torch.Tensor, targets: list[torch.Tensor], alpha: float,
+                      masks: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+    """∂L_meta/∂ε for every cost map, by forward mode.
+
+    At ε = 0 the look-ahead of eq. 4 gives θ̂ = θ, so by the chain rule
+    ∂L_meta(θ̂)/∂ε_i = −α ⟨∇θ L_meta(θ), ∇θ cost_i(θ)⟩: the directional derivative of
+    every pixel's cost along the clean gradient v, scaled by −α. ``tangent`` is the
+    logits' derivative along v (:func:`dual_forward`). Equal to
+    :func:`meta_grad_lookahead` (tested), at the cost of one forward-mode pass instead of
+    a double backward."""
+    masks = masks or [None] * len(targets)
+    out = []
+    for y, m in zip(targets, masks):
+        g = -alpha * ce_tangent(logits, tangent, y)
+        out.append(g * m if m is not None else g)
+    return out
 
 
 def view_params(b: int, q: int, g: torch.Generator, zoom_in_max: float, zoom_out_min: float,
@@ -206,23 +266,23 @@ def apply_image(x: torch.Tensor, p: augment.AffineParams) -> torch.Tensor:
     return augment.apply(x - m, p) + m
 
 
-def view_average(v: torch.Tensor, p: augment.AffineParams, k: int) -> torch.Tensor:
+def view_average(v: torch.Tensor, p: augment.AffineParams, k: int, cov: torch.Tensor | None = None) -> torch.Tensor:
     """Map per-view maps ``(K·b, C, H, W)`` back to the original frame and average them
     where each view saw the pixel (coverage-weighted) → ``(b, C, H, W)`` (eq. 10's mean)."""
     back = augment.invert(v, p)
-    cov = augment.coverage(p, v.shape[-2:], v.device)
+    cov = augment.coverage(p, v.shape[-2:], v.device) if cov is None else cov
     b = v.shape[0] // k
     back = back.view(k, b, *v.shape[1:])
     cov = cov.view(k, b, 1, *v.shape[-2:])
     return (back * cov).sum(0) / cov.sum(0).clamp_min(1e-6)
 
 
-def ple_consistency(prob: torch.Tensor, p: augment.AffineParams, k: int) -> torch.Tensor:
+def ple_consistency(prob: torch.Tensor, p: augment.AffineParams, k: int, cov: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 11: mean squared distance between the class probabilities of every pair of
     the K views, compared in the original frame where both views saw the pixel
     (coverage-weighted), averaged over the K(K−1)/2 pairs."""
     back = augment.invert(prob, p)
-    cov = augment.coverage(p, prob.shape[-2:], prob.device)
+    cov = augment.coverage(p, prob.shape[-2:], prob.device) if cov is None else cov
     b = prob.shape[0] // k
     back = back.view(k, b, *prob.shape[1:])
     cov = cov.view(k, b, 1, *prob.shape[-2:])
@@ -355,63 +415,70 @@ class MetaReweight(Method):
         k = self.views
         x0, y0 = batch["image"], batch["label"]
         b = x0.shape[0]
-        # base flips (undone exactly when the weight maps are stored), then PLE views
+        # base flips (undone exactly when the weight maps are stored), then the PLE views
         fl = self._flips(b)
         x, y = augment.apply(x0, fl), augment.apply(y0, fl, mode="nearest")
+        vp = cov = None
         if k > 1:
             vp = view_params(b, c.ple_views, self.g, c.zoom_in_max, c.zoom_out_min, dev)
+            cov = augment.coverage(vp, x.shape[-2:], dev)
             xv = apply_image(x.repeat(k, 1, 1, 1), vp)
             yv = augment.apply(y.repeat(k, 1, 1, 1), vp, mode="nearest")[:, 0]
         else:
-            vp, xv, yv = None, x, y[:, 0]
+            xv, yv = x, y[:, 0]
         has_label = (batch["kind"] != KIND_NONE).repeat(k).to(dev)
+        mask_n = has_label[:, None, None].float()
         mfl = self._flips(len(batch["meta_image"]))
         xm = augment.apply(batch["meta_image"], mfl)
         ym = augment.apply(batch["meta_label"], mfl, mode="nearest")[:, 0]
-        tnoise = None
-        if c.use_mean_teacher:
-            tnoise = (torch.randn(xv.shape, generator=self.g) * c.teacher_noise).to(dev)
+        tnoise = (torch.randn(xv.shape, generator=self.g) * c.teacher_noise).to(dev) if c.use_mean_teacher else None
 
         self.net.train()
         params = dict(self.net.named_parameters())
-        logits = self.net(xv)  # the step's one running-statistics update
+        meta_loss = g_clean = tangent = None
+        forward_mode = c.use_meta and c.meta_grad == "forward"
+        if forward_mode:  # v = ∇θ L_meta(θ) first, then one forward pass that also gives J·v
+            meta_loss, g_clean = clean_gradient(self.net, params, xm, ym)
+            logits, tangent = dual_forward(self.net, params, g_clean, xv)
+        else:
+            logits = self.net(xv)  # the step's one running-statistics update
         prob = torch.softmax(logits.float(), 1)
-        # pseudo labels (eq. 3; eq. 10 with PLE), from the student at θ_t, no gradient
+        # pseudo labels (eq. 3; eq. 10 with PLE) from the student at θ_t, no gradient
         with torch.no_grad():
-            fg = prob[:, 1:2].detach()
+            fg = prob[:, 1:2]
             if k > 1:
-                avg = view_average(fg, vp, k)  # (b, 1, H, W) original frame
+                avg = view_average(fg, vp, k, cov)  # (b, 1, H, W), original frame
                 yp = (augment.apply(avg.repeat(k, 1, 1, 1), vp) > 0.5).long()[:, 0]
             else:
                 yp = (fg > 0.5).long()[:, 0]
-        mask_n = has_label[:, None, None].float()
         cost_n = F.cross_entropy(logits.float(), yv, reduction="none") * mask_n
         cost_p = F.cross_entropy(logits.float(), yp, reduction="none") if c.use_pseudo else None
-        costs = [cost_n] + ([cost_p] if cost_p is not None else [])
 
-        # eqs. 4–8: meta-learned weights
+        # eqs. 4–8: the meta-learned weight maps
         if c.use_meta:
-            g_eps, meta_loss, g_clean = lookahead_weights(self.net, xm, ym, costs, params, c.inner_lr)
+            if forward_mode:
+                targets, masks = [yv] + ([yp] if c.use_pseudo else []), [mask_n] + ([None] if c.use_pseudo else [])
+                g_eps = meta_grad_forward(logits, tangent, targets, c.inner_lr, masks)
+            else:
+                costs = [cost_n] + ([cost_p] if c.use_pseudo else [])
+                g_eps, meta_loss, g_clean = meta_grad_lookahead(self.net, params, costs, xm, ym, c.inner_lr)
             w_n, w_p = normalise_weights(-g_eps[0].detach() * mask_n, -g_eps[1].detach() if c.use_pseudo else None,
                                          c.weight_eps, joint=c.weight_norm == "joint")
-        else:  # fixed uniform weights (bootstrapping, Reed et al. 2014)
-            w_n = mask_n.expand_as(cost_n) / mask_n.expand_as(cost_n).sum().clamp_min(1)
+        else:  # fixed uniform weights (Reed et al. 2014's bootstrapping with use_pseudo)
+            full = mask_n.expand_as(cost_n)
+            w_n = full / full.sum().clamp_min(1.0)
             w_p = torch.full_like(cost_p, 1.0 / cost_p.numel()) if cost_p is not None else None
-            meta_loss, g_clean = None, None
             if c.clean_weight > 0:
-                self.net.train()
-                buffers = {n: bb.clone() for n, bb in self.net.named_buffers()}
-                meta = F.cross_entropy(functional_call(self.net, {**params, **buffers}, (xm,)).float(), ym)
-                g_clean = list(torch.autograd.grad(meta, list(params.values()), retain_graph=True, allow_unused=True))
-                g_clean = [g if g is not None else torch.zeros_like(p) for g, p in zip(g_clean, params.values())]
-                meta_loss = meta.detach()
+                meta_loss, g_clean = clean_gradient(self.net, params, xm, ym)
 
-        # eq. 9 (+ eq. 11, eq. 13): the real update from the same forward pass
+        # eq. 9 (+ eq. 11, eq. 13): the real update, from the same forward pass
         l_w = (w_n * cost_n).sum() + ((w_p * cost_p).sum() if cost_p is not None else 0.0)
         loss = l_w
-        out = {"weighted": float(l_w.detach())}
+        out = {"weighted": float(l_w.detach()), "w_sum_label": float(w_n.sum())}
+        if w_p is not None:
+            out["w_sum_pseudo"] = float(w_p.sum())
         if k > 1 and c.ple_weight > 0:
-            l_aug = ple_consistency(prob, vp, k)
+            l_aug = ple_consistency(prob, vp, k, cov)
             loss = loss + c.ple_weight * l_aug
             out["ple"] = float(l_aug.detach())
         if c.use_mean_teacher:
@@ -423,15 +490,16 @@ class MetaReweight(Method):
             loss = loss + lam * l_st
             out["mt"] = float(l_st.detach())
             out["mt_w"] = lam
-        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        grads = list(torch.autograd.grad(loss, list(params.values()), allow_unused=True))
         if g_clean is not None and c.clean_weight > 0:
-            grads = [(g if g is not None else 0) + c.clean_weight * gc for g, gc in zip(grads, g_clean)]
+            grads = [(g if g is not None else torch.zeros_like(gc)) + c.clean_weight * gc for g, gc in zip(grads, g_clean)]
+        if meta_loss is not None:
             out["meta"] = float(meta_loss)
         self._apply(grads)
         self.teacher.update_parameters(self.net)
 
-        self._record(batch["index"], fl, vp, k, w_n, w_p, mask_n, has_label)
-        out["loss"] = float(loss.detach()) + (c.clean_weight * float(meta_loss) if meta_loss is not None and c.clean_weight > 0 else 0.0)
+        self._record(batch["index"], fl, vp, cov, k, w_n, w_p, mask_n, has_label)
+        out["loss"] = float(loss.detach()) + (c.clean_weight * out.get("meta", 0.0))
         return out
 
     def _apply(self, grads) -> None:
@@ -439,7 +507,7 @@ class MetaReweight(Method):
         params = list(self.net.parameters())
         self.opt.zero_grad(set_to_none=True)
         for p, g in zip(params, grads):
-            p.grad = None if g is None or isinstance(g, int) else g.detach().clone()
+            p.grad = None if g is None else g.detach().clone()
         if self.ctx.world_size > 1:
             for p in params:
                 if p.grad is not None:
@@ -450,7 +518,7 @@ class MetaReweight(Method):
         self.opt.step()
 
     @torch.no_grad()
-    def _record(self, index, fl, vp, k, w_n, w_p, mask_n, has_label) -> None:
+    def _record(self, index, fl, vp, cov, k, w_n, w_p, mask_n, has_label) -> None:
         """Keep, per slice, the mean relative weight (1 = batch average) and its map in the
         slice's own frame (views averaged back, base flips undone)."""
         def rel(w, m):
@@ -460,7 +528,7 @@ class MetaReweight(Method):
         def back(w):
             w = w[:, None]
             if k > 1:
-                w = view_average(w, vp, k)
+                w = view_average(w, vp, k, cov)
             return augment.invert(w, fl)[:, 0]
 
         idx = index.cpu()
@@ -552,5 +620,6 @@ class MetaReweight(Method):
         return out
 
 
-__all__ = ["MetaReweight", "MetaReweightConfig", "lookahead_weights", "normalise_weights", "view_params",
-           "view_average", "ple_consistency", "apply_image"]
+__all__ = ["MetaReweight", "MetaReweightConfig", "meta_grad_lookahead", "meta_grad_forward", "clean_gradient",
+           "dual_forward", "ce_tangent", "normalise_weights", "view_params", "view_average", "ple_consistency",
+           "apply_image"]

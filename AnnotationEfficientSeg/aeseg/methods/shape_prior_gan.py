@@ -108,6 +108,18 @@ def noise_weighted_dice(prob: torch.Tensor, target: torch.Tensor, eps: float = 1
     return 1.0 - (2.0 * (w * p * g).sum() + eps) / ((w * (p + g)).sum() + eps)
 
 
+def lsgan_d_loss(d, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Least-squares discriminator loss with targets real → 1, fake → 0 (the sign
+    convention LQSS relies on: a high discriminator output means "looks real")."""
+    dr, df = d(real), d(fake.detach())
+    return 0.5 * (F.mse_loss(dr, torch.ones_like(dr)) + F.mse_loss(df, torch.zeros_like(df)))
+
+
+def lsgan_g_loss(scores: torch.Tensor) -> torch.Tensor:
+    """Least-squares generator loss: push the discriminator's output on fakes to 1 (eqs. 2, 3)."""
+    return F.mse_loss(scores, torch.ones_like(scores))
+
+
 def lqss_threshold(scores: np.ndarray, keep_percent: float) -> float:
     """α of eq. (9) in this module's sign convention (high score = real-looking): the
     ``100 − keep_percent`` percentile of the scores, so that ``keep_percent`` % are kept."""
@@ -545,30 +557,25 @@ class ShapePriorGan(Method):
             rec_x = self.G_B(fake_s)
             fake_x = self.G_B(real_s)
             rec_s = self._to_mask(self._generate(fake_x))
-            d_fake_s, d_fake_x = self.D_B(fake_s), self.D_A(fake_x)
-            l_adv = F.mse_loss(d_fake_s, torch.ones_like(d_fake_s)) + F.mse_loss(d_fake_x, torch.ones_like(d_fake_x))
+            l_adv = lsgan_g_loss(self.D_B(fake_s)) + lsgan_g_loss(self.D_A(fake_x))
             l_cyc = F.l1_loss(rec_x, x) + F.l1_loss(rec_s, real_s)
             loss_g = c.lambda_adv * l_adv + c.lambda_cycle * l_cyc
             if self.D_V is not None:
                 z_f = self.vae(p)
-                dv = self.D_V(z_f)
-                l_vae = F.mse_loss(dv, torch.ones_like(dv))
+                l_vae = lsgan_g_loss(self.D_V(z_f))
                 loss_g = loss_g + c.lambda_vae * l_vae
         self.ctx.optimize(loss_g, self.opt_g)
 
         _set_grad(discs, True)
         with self.ctx.autocast():
-            def lsgan(d, real, fake):
-                dr, df = d(real), d(fake.detach())
-                return 0.5 * (F.mse_loss(dr, torch.ones_like(dr)) + F.mse_loss(df, torch.zeros_like(df)))
-            l_da = lsgan(self.D_A, x, fake_x)
-            l_db = lsgan(self.D_B, real_s, fake_s)
+            l_da = lsgan_d_loss(self.D_A, x, fake_x)
+            l_db = lsgan_d_loss(self.D_B, real_s, fake_s)
             loss_d = l_da + l_db
             out = {}
             if self.D_V is not None:
                 with torch.no_grad():
                     z_r = self.vae(m)
-                l_dv = lsgan(self.D_V, z_r, z_f)
+                l_dv = lsgan_d_loss(self.D_V, z_r, z_f)
                 loss_d = loss_d + c.lambda_vae * l_dv
                 out = {"g_vae": float(l_vae.detach()), "d_vae": float(l_dv.detach())}
         self.ctx.optimize(loss_d, self.opt_d)

@@ -1,0 +1,254 @@
+"""shape_prior_gan: noise-weighted Dice, DGCC, the ellipse shape model, LQSS and a short
+end-to-end run on an easy phantom (tiny images, few steps)."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from monai.losses import DiceLoss
+
+from aeseg.cohort.reading import Geometry, read_label, write_image
+from aeseg.data.phantoms import PHANTOM_HEAD, draw_ellipse_mask
+from aeseg.methods.shape_prior_gan import (ShapePriorGanConfig, ellipse_pool, ellipse_ranges, lqss_accept,
+                                           lsgan_d_loss, noise_weighted_dice)
+from aeseg.nets import cyclegan
+from aeseg.nets.cyclegan import PatchGAN, ResUNetGenerator, calibrate
+from aeseg.nets.dgcc import DGCC, generate_with_feedback
+from aeseg.nets.vae import LatentDiscriminator, MaskVAE
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def test_noise_weighted_dice_matches_hand_computed_value():
+    p = torch.tensor([0.9, 0.2, 0.6, 0.0]).view(1, 1, 2, 2)
+    g = torch.tensor([1.0, 0.0, 1.0, 1.0]).view(1, 1, 2, 2)
+    # w = 1 - |p - g| = (0.9, 0.8, 0.6, 0.0)
+    # sum w p g = 0.9*0.9 + 0.6*0.6 = 1.17 ; sum w (p + g) = 0.9*1.9 + 0.8*0.2 + 0.6*1.6 + 0 = 2.83
+    expected = 1.0 - (2 * 1.17 + 1e-5) / (2.83 + 1e-5)
+    assert noise_weighted_dice(p, g).item() == pytest.approx(expected, abs=1e-6)
+    # the unweighted form is the plain soft Dice: sum p g = 1.5, sum p + sum g = 1.7 + 3
+    plain = 1.0 - (2 * 1.5 + 1e-5) / (4.7 + 1e-5)
+    assert noise_weighted_dice(p, g, weighted=False).item() == pytest.approx(plain, abs=1e-6)
+
+
+def test_unweighted_form_equals_monai_dice_and_weights_carry_no_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 2, 8, 8, requires_grad=True)
+    y = (torch.rand(3, 1, 8, 8) > 0.6).long()
+    prob = torch.softmax(logits, 1)[:, 1:2]
+    ref = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    assert noise_weighted_dice(prob, y, weighted=False).item() == pytest.approx(ref(logits, y).item(), abs=1e-6)
+    # gradient of the weighted loss = gradient with the weights frozen as constants
+    p = torch.rand(1, 1, 4, 4, requires_grad=True)
+    g = (torch.rand(1, 1, 4, 4) > 0.5).float()
+    noise_weighted_dice(p, g).backward()
+    w = (1 - (p - g).abs()).detach()
+    p2 = p.detach().clone().requires_grad_(True)
+    (1 - (2 * (w * p2 * g).sum() + 1e-5) / ((w * (p2 + g)).sum() + 1e-5)).backward()
+    assert torch.allclose(p.grad, p2.grad)
+
+
+# ----------------------------------------------------------------------------- DGCC
+
+
+def _nets(size=32, f=4):
+    torch.manual_seed(0)
+    gen = ResUNetGenerator(1, 1, features=f, res_blocks=1)
+    disc = PatchGAN(1, features=4)
+    dgcc = DGCC(disc.feature_channels, gen.scale_channels)
+    return gen, disc, dgcc, torch.randn(2, 1, size, size)
+
+
+def test_dgcc_with_zero_beta_leaves_features_unchanged():
+    gen, disc, dgcc, x = _nets()
+    u = torch.randn(2, 8, 5, 5)
+    assert torch.equal(calibrate(u, torch.zeros(2, 8, 1, 1)), u)
+    with torch.no_grad():
+        plain = gen(x)
+        assert torch.equal(gen(x, [torch.zeros(2, c, 1, 1) for c in gen.scale_channels]), plain)
+        # non-zero coefficients, gain (beta_scale) 0: turn 2 equals turn 1 exactly
+        for br in dgcc.branches.values():
+            torch.nn.init.normal_(br[2].weight)
+        feats = lambda s: disc.features_and_scores(s)[0]  # noqa: E731
+        to_mask = lambda z: 2 * torch.sigmoid(z) - 1  # noqa: E731
+        outs = generate_with_feedback(gen, feats, dgcc, x, 2, to_mask, gain=0.0)
+        assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], plain)
+        outs = generate_with_feedback(gen, feats, dgcc, x, 3, to_mask, gain=1.0)
+        assert len(outs) == 3 and not torch.allclose(outs[0], outs[1])  # calibration does act
+
+
+def test_dgcc_keeps_shapes_at_every_scale(monkeypatch):
+    gen, disc, dgcc, x = _nets(size=32, f=4)
+    for br in dgcc.branches.values():
+        torch.nn.init.normal_(br[2].weight)
+    seen = []
+    real = cyclegan.calibrate
+
+    def spy(u, beta):
+        out = real(u, beta)
+        seen.append((tuple(u.shape), tuple(out.shape), None if beta is None else tuple(beta.shape), bool(beta is not None and not torch.equal(out, u))))
+        return out
+
+    monkeypatch.setattr(cyclegan, "calibrate", spy)
+    with torch.no_grad():
+        h, scores = disc.features_and_scores(2 * torch.sigmoid(gen(x)) - 1)
+        assert h.shape[1] == disc.feature_channels and scores.shape[1] == 1
+        seen.clear()
+        betas = dgcc(h)
+        y = gen(x, betas)
+    assert y.shape == (2, 1, 32, 32)
+    assert len(seen) == 4
+    for s, (u_shape, out_shape, b_shape, changed) in enumerate(seen):
+        c = gen.scale_channels[s]
+        assert u_shape == out_shape == (2, c, 32 // 2 ** (3 - s), 32 // 2 ** (3 - s))
+        assert b_shape == (2, c, 1, 1) and changed
+    # DGCC(l) / DGCC(h) calibrate one scale only
+    assert [b is not None for b in DGCC(disc.feature_channels, gen.scale_channels, scales="low")(h)] == [True, False, False, False]
+    assert [b is not None for b in DGCC(disc.feature_channels, gen.scale_channels, scales="high")(h)] == [False, False, False, True]
+
+
+def test_vae_and_latent_discriminator_shapes():
+    vae = MaskVAE(32, latent=32, features=4)
+    m = (torch.rand(3, 1, 32, 32) > 0.5).float()
+    recon, mu, logvar = vae.sample(m, torch.Generator().manual_seed(0))
+    assert recon.shape == m.shape and mu.shape == logvar.shape == (3, 32)
+    assert float(recon.min()) >= 0 and float(recon.max()) <= 1
+    assert LatentDiscriminator(32)(mu).shape == (3, 1)
+
+
+# ----------------------------------------------------------------------------- ellipses
+
+
+def _axes_mm(mask: np.ndarray, spacing_xy) -> tuple[float, float]:
+    """Full minor and major axes (mm) of a filled ellipse from its second moments."""
+    jj, ii = np.nonzero(mask)
+    pts = np.stack([ii * spacing_xy[0], jj * spacing_xy[1]])
+    lam = np.sort(np.linalg.eigvalsh(np.cov(pts)))
+    return 4 * math.sqrt(lam[0]), 4 * math.sqrt(lam[1])
+
+
+def test_ellipses_respect_millimetre_ranges_with_anisotropic_spacing():
+    cfg = ShapePriorGanConfig(shape_prior="ellipse", minor_mm_low=9.0, minor_mm_high=13.0, aspect_low=1.3, aspect_high=1.7)
+    ranges = ellipse_ranges(cfg)
+    # 64 × 64 images with 0.3 × 0.6 mm pixels, resized to 48 px: 0.4 × 0.8 mm pixels
+    grids = [((64, 64), (0.3, 0.6))]
+    masks = ellipse_pool(40, grids, 48, ranges, np.random.default_rng(0))
+    assert masks.shape == (40, 48, 48) and set(np.unique(masks)) <= {0, 1}
+    minors, aspects, pixel_aspects = [], [], []
+    for m in masks:
+        mn, mj = _axes_mm(m, (0.4, 0.8))
+        minors.append(mn)
+        aspects.append(mj / mn)
+        pn, pj = _axes_mm(m, (1.0, 1.0))
+        pixel_aspects.append(pj / pn)
+    assert min(minors) > 9.0 * 0.9 and max(minors) < 13.0 * 1.1
+    assert min(aspects) > 1.3 * 0.9 and max(aspects) < 1.7 * 1.1
+    # measured in pixels instead of millimetres, the shapes would be far out of range
+    assert max(pixel_aspects) > 1.7 * 1.3 or min(pixel_aspects) < 1.3 / 1.3
+    # presets
+    assert ellipse_ranges(ShapePriorGanConfig(ellipse_preset="phantom")) == PHANTOM_HEAD
+    assert ellipse_ranges(ShapePriorGanConfig(ellipse_preset="fetal_head")).minor_mm == (25.0, 105.0)
+
+
+# ----------------------------------------------------------------------------- LQSS
+
+
+def test_lqss_keeps_the_real_looking_side():
+    scores = np.array([0.9, 0.1, 0.5, 0.7, 0.3, 0.8, 0.2, 0.6])
+    keep = lqss_accept(scores, 75)
+    assert keep.sum() == 6 and not keep[1] and not keep[6]  # the two lowest are rejected
+    # the convention end to end: a PatchGAN trained with the method's LSGAN loss scores real
+    # (ellipse) masks above fake (speckled) ones, and LQSS keeps the real ones
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    real = torch.from_numpy(ellipse_pool(32, [((32, 32), (1.0, 1.0))], 32, ellipse_ranges(
+        ShapePriorGanConfig(minor_mm_low=8, minor_mm_high=14)), rng)).float()[:, None] * 2 - 1
+    fake = (torch.rand(32, 1, 32, 32) > 0.7).float() * 2 - 1
+    d = PatchGAN(1, features=8)
+    opt = torch.optim.Adam(d.parameters(), 2e-3, betas=(0.5, 0.999))
+    for _ in range(25):
+        loss = lsgan_d_loss(d, real, fake)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        s = torch.cat([d(real[:8]), d(fake[:8])]).mean(dim=(1, 2, 3)).numpy()
+    keep = lqss_accept(s, 50)
+    assert keep[:8].all() and not keep[8:].any()
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _easy_cohort(root, n_train=24, size=32):
+    """Bright ellipses on a dark, slightly noisy background; unpaired ellipse aux masks."""
+    rng = np.random.default_rng(0)
+    geom = Geometry((size, size, 1), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), ndim=2)
+    ranges = ellipse_ranges(ShapePriorGanConfig(minor_mm_low=9, minor_mm_high=15, aspect_low=1.2, aspect_high=1.6))
+    rows = []
+    splits = [("train", n_train), ("val", 4), ("test", 4)]
+    masks = ellipse_pool(sum(n for _, n in splits), [((size, size), (1.0, 1.0))], size, ranges, rng)
+    k = 0
+    for split, n in splits:
+        for i in range(n):
+            cid = f"{split}_{i:02d}"
+            m = masks[k]
+            k += 1
+            img = (0.2 + 0.6 * m + rng.normal(0, 0.08, m.shape)).astype(np.float32)
+            write_image(root / "images" / f"{cid}.nrrd", img[None], geom)
+            write_image(root / "truth" / f"{cid}.nrrd", m[None], geom)
+            lab = ""
+            if split == "val":
+                write_image(root / "labels" / f"{cid}.nrrd", m[None], geom)
+                lab = f"labels/{cid}.nrrd"
+            rows.append([cid, f"images/{cid}.nrrd", lab, "clean" if lab else "none", "", "", split, ""])
+    for j, m in enumerate(ellipse_pool(48, [((size, size), (1.0, 1.0))], size, ranges, np.random.default_rng(1))):
+        write_image(root / "aux_masks" / f"aux_{j:02d}.nrrd", m[None], geom)
+    with open(root / "cohort.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case", "image", "label", "label_kind", "presence", "domain", "split", "label_value"])
+        w.writerows(rows)
+    return root
+
+
+def test_short_run_gives_pseudo_labels_better_than_chance(tmp_path):
+    from aeseg.cohort.manifest import load_cohort
+    from aeseg.engine.config import resolve_config
+    from aeseg.engine.loop import create_job, run_job
+    from aeseg.quality.metrics import dice
+    from aeseg.quality.table import read_quality_csv
+
+    torch.set_num_threads(1)
+    root = _easy_cohort(tmp_path / "cohort")
+    cfg = resolve_config("shape_prior_gan", {
+        "data.size": 32, "data.intensity": "minmax", "engine.batch_size": 8, "engine.probability_maps": False,
+        "vae_epochs": 3, "gan_epochs": 8, "round_epochs": 3, "rounds": 2, "gan_features": 8, "gan_res_blocks": 1,
+        "d_features": 8, "vae_features": 4, "features": 8, "depth": 3, "gan_lr": 1e-3,
+    }, seed=0)
+    job = create_job(tmp_path / "job", root, cfg)
+    run_job(job.root, progress_bar=False)
+    co = load_cohort(root)
+    train = [c for c in co.cases if c.split == "train"]
+    truths = {c.case_id: read_label(c.truth)[0] for c in train}
+    pseudo0 = {c.case_id: read_label(job.root / "pseudo_labels" / "round0" / f"{c.case_id}.seg.nrrd")[0] for c in train}
+    # chance: the truth of another case (a random ellipse of the same prior)
+    ids = sorted(truths)
+    chance = np.mean([dice(truths[a], truths[b]) for a, b in zip(ids, ids[1:] + ids[:1])])
+    got = np.mean([dice(pseudo0[c], truths[c]) for c in ids])
+    assert got > chance + 0.2, (got, chance)
+    final = np.mean([dice(read_label(job.root / "pseudo_labels" / f"{c}.seg.nrrd")[0], truths[c]) for c in ids])
+    assert final > chance + 0.2, (final, chance)
+    rows = read_quality_csv(job.root / "quality.csv")
+    tr = [r for r in rows if r["split"] == "train"]
+    assert len(tr) == len(ids)
+    rejected = [r for r in tr if r["lqss_accepted"] == "false"]
+    assert len(rejected) == len(ids) - int(np.ceil(0.75 * len(ids))) or len(rejected) == len(ids) // 4
+    assert all(r["flag"] for r in rejected) and rows[0]["lqss_accepted"] == "false"  # rejected cases come first
+    assert all(r["round_change"] != "" for r in tr)
+    assert (job.root / "pseudo_labels" / "round1" / f"{ids[0]}.seg.nrrd").exists()
+    assert (job.root / "maps" / ids[0] / "discriminator.nrrd").exists()
