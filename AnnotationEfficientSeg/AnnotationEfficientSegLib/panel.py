@@ -336,6 +336,8 @@ class Panel:
         if len(problems) > 8:
             plines.append(_span(f"… and {len(problems) - 8} more (run aeseg validate in a terminal)", "muted"))
         self.ui.cohortProblemsLabel.setText("<br>".join(plines))
+        if self.queue is not None and len(self.queue):
+            self._fill_table()  # the "refined" marks come from the validation
         self._rebuild_method_combo()
         self._update_buttons()
 
@@ -797,7 +799,8 @@ class Panel:
         self._set_progress_text(text, level)
         if st.history:
             last = st.history[-1]
-            parts = [f"{_esc(k)} {format_value(v)}" for k, v in last.items() if k != "epoch" and v is not None]
+            parts = [f"{_esc(k.removeprefix('loss:').replace('_', ' '))} {format_value(v)}"
+                     for k, v in last.items() if k != "epoch" and v is not None]
             best = [h.get("val_dice") for h in st.history if isinstance(h.get("val_dice"), (int, float))]
             line = f"Last epoch {last.get('epoch')}: " + ", ".join(parts)
             if best:
@@ -869,7 +872,10 @@ class Panel:
         elif col == "flag":
             item.setText("")
         if col == "reviewed":
-            item.setText("✔" if row.reviewed else "")
+            item.setText("✔" if row.reviewed else ("refined" if row.case in self._refined_cases() else ""))
+            if not row.reviewed and row.case in self._refined_cases():
+                item.setForeground(q.QBrush(q.QColor(COLOURS["muted"])))
+                item.setToolTip("accepted in an earlier review: cohort/refined/ has a label for this case")
             if row.reviewed:
                 item.setToolTip(f"accepted {row.reviewed_at or ''}\n{row.refined_path or ''}".strip())
             if row.reviewed:
@@ -879,6 +885,13 @@ class Panel:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             item.setTextAlignment(q.Qt.AlignRight | q.Qt.AlignVCenter)
         return item
+
+    def _refined_cases(self) -> set:
+        """Cases with an accepted label in the cohort's refined/ folder (from the last validation)."""
+        cohort = self.job.get("cohort")
+        if not self.validation or (cohort and self.validated_cohort != cohort):
+            return set()
+        return {c.get("case") for c in self.validation.get("cases") or [] if c.get("refined")}
 
     def _update_counts(self) -> None:
         if self.queue is None:
