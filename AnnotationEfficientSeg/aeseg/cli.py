@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -129,7 +130,8 @@ def cmd_train(args) -> int:
         job = create_job(args.out, args.cohort, cfg, command=["aeseg", *sys.argv[1:]])
         res = run_job(job.root, progress_bar=progress)
     vd = f", best validation Dice {res.best_val_dice:.3f}" if res.best_val_dice is not None else ""
-    print(f"{res.status}: {res.job} ({res.epochs_run} epochs{vd}, {res.wall_s:.0f} s)")
+    if int(os.environ.get("RANK", "0")) == 0:
+            print(f"{res.status}: {res.job} ({res.epochs_run} epochs{vd}, {res.wall_s:.0f} s)")
     return 0 if res.status == "done" else 3
 
 

@@ -94,11 +94,25 @@ def _dist() -> tuple[int, int, int]:
     return ws, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def init_distributed(device: str = "auto") -> None:
+    """Under ``torchrun`` (WORLD_SIZE > 1): join the process group (NCCL on GPU, gloo on CPU)."""
+    ws, _, _ = _dist()
+    if ws > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+        torch.distributed.init_process_group(backend)
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def create_job(out: str | os.PathLike, cohort: str | os.PathLike, cfg: JobConfig, command: list[str] | None = None,
                job: JobFolder | None = None) -> JobFolder:
     """Check the cohort and method, then write ``job.json`` into a new job folder."""
     ws, rank, _ = _dist()
     job = job or JobFolder(validate_job_path(out), writer=rank == 0)
+    init_distributed(cfg.device)
     co = load_cohort(cohort)
     _check_cohort(co, cfg)
     meta = {
@@ -112,7 +126,9 @@ def create_job(out: str | os.PathLike, cohort: str | os.PathLike, cfg: JobConfig
         "command": command or [],
         "world_size": ws,
     }
-    job.create(meta)
+    if job.writer:
+        job.create(meta)
+    _barrier()  # other ranks wait until rank 0 has written job.json
     return job
 
 
@@ -142,9 +158,7 @@ def run_job(job_dir: str | os.PathLike, resume: bool = False, progress_bar: bool
     job = job or JobFolder(validate_job_path(job_dir), writer=rank == 0)
     meta = job.read_meta()
     cfg = config_from_meta(meta)
-    if ws > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and (device or cfg.device) != "cpu" else "gloo"
-        torch.distributed.init_process_group(backend)
+    init_distributed(device or cfg.device)
     dev = pick_device(device or cfg.device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

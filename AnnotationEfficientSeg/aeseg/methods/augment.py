@@ -77,8 +77,7 @@ def sample_affine(batch: int, rotation_deg: float = 0.0, zoom_range: tuple[float
                   flip_p: float = 0.0, vflip_p: float = 0.0, generator: torch.Generator | None = None,
                   device: torch.device | str = "cpu") -> AffineParams:
     """Draw ``batch`` random transforms: angle ~ U(−rotation_deg, rotation_deg) degrees,
-    zoom ~ U(zoom_range) (log-uniform would bias nothing here; uniform as in the papers),
-    left-right flip with probability ``flip_p``, up-down flip with ``vflip_p``.
+    zoom ~ U(zoom_range), left-right flip with probability ``flip_p``, up-down flip with ``vflip_p``.
 
     Random numbers come from ``generator`` on the CPU (so the draw is replayable and
     independent of the device), then move to ``device``."""
@@ -181,12 +180,15 @@ def invert(y: torch.Tensor, p: AffineParams, mode: str = "bilinear", padding_mod
 
 
 def coverage(p: AffineParams, hw: tuple[int, int] | torch.Size, device: torch.device | str | None = None) -> torch.Tensor:
-    """``(B, 1, H, W)`` in [0, 1]: how much of each original pixel the view saw (the
-    interpolation weight that :func:`invert` with zero padding takes from inside the
-    view); < 1 near corners that rotated or zoomed out of the field of view. Since
-    ``invert(prob, p)`` is already multiplied by it, the coverage-weighted mean of K
-    inverted views is ``Σ invert(prob_k) / Σ coverage_k``; invert a ones channel
-    together with the data to get both from one ``grid_sample``."""
+    """``(B, 1, H, W)`` in [0, 1]: how much of each original pixel survives the round trip
+    :func:`apply` → :func:`invert` (< 1 near corners that rotated or zoomed out of the
+    field of view); where it is 1, ``invert(apply(x))`` equals ``x`` up to interpolation
+    error.
+
+    To average K inverted views of *predictions*, note that ``invert(prob, p)`` with zero
+    padding is already multiplied by its own sampling weight ``invert(ones, p)``: the
+    normalised mean is ``Σ invert(prob_k) / Σ invert(ones_k)`` (invert a ones channel
+    together with the data to get both from one ``grid_sample``)."""
     dev = device if device is not None else p.angle.device
     ones = torch.ones(len(p), 1, *hw, device=dev)
-    return invert(ones, p).clamp_(0, 1)
+    return invert(apply(ones, p), p).clamp_(0, 1)

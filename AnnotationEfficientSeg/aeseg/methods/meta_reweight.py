@@ -147,6 +147,11 @@ def normalise_weights(raw_n: torch.Tensor, raw_p: torch.Tensor | None, eps: floa
     return wn, wp
 
 
+def _up(t: torch.Tensor) -> torch.Tensor:
+    """At least float32 (half precision underflows the meta-gradient); float64 stays."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _buffers(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Clones of the module's buffers: a functional pass in train mode writes its batch
     statistics into these, never into the module's running mean/var."""
@@ -172,7 +177,7 @@ def meta_grad_lookahead(net: torch.nn.Module, params: dict[str, torch.Tensor], c
     grads = torch.autograd.grad(inner, [params[n] for n in names], create_graph=True, allow_unused=True)
     fast = {n: (params[n] - alpha * g if g is not None else params[n]) for n, g in zip(names, grads)}
     logits = functional_call(net, {**fast, **_buffers(net)}, (x_clean,))
-    meta = F.cross_entropy(logits.float(), y_clean)
+    meta = F.cross_entropy(_up(logits), y_clean)
     out = torch.autograd.grad(meta, eps + [fast[n] for n in names], retain_graph=True, allow_unused=True)
     g_eps = [g if g is not None else torch.zeros_like(e) for g, e in zip(out[:len(eps)], eps)]
     g_theta = [g if g is not None else torch.zeros_like(params[n]) for g, n in zip(out[len(eps):], names)]
@@ -184,7 +189,7 @@ def clean_gradient(net: torch.nn.Module, params: dict[str, torch.Tensor], x_clea
     """(L_meta, ∇θ L_meta) on the clean batch: ``functional_call`` with cloned buffers
     (train-mode BN on the batch statistics, running buffers untouched)."""
     logits = functional_call(net, {**params, **_buffers(net)}, (x_clean,))
-    meta = F.cross_entropy(logits.float(), y_clean)
+    meta = F.cross_entropy(_up(logits), y_clean)
     g = torch.autograd.grad(meta, list(params.values()), allow_unused=True)
     return meta.detach(), [gi if gi is not None else torch.zeros_like(p) for gi, p in zip(g, params.values())]
 
@@ -208,9 +213,9 @@ def ce_tangent(logits: torch.Tensor, tangent: torch.Tensor, target: torch.Tensor
     """Directional derivative of the per-pixel cross-entropy: Σ_c (softmax_c − onehot_c)·ṫ_c
     (the CE derivative written out: forward-mode AD through ``F.cross_entropy`` conflicts
     with the reverse graph kept for the real update)."""
-    d = torch.softmax(logits.detach().float(), 1)
+    d = torch.softmax(_up(logits.detach()), 1)
     d = d - F.one_hot(target, d.shape[1]).permute(0, 3, 1, 2).to(d.dtype)
-    return (d * tangent.float()).sum(1)
+    return (d * tangent.to(d.dtype)).sum(1)
 
 
 def meta_grad_forward(logits: torch.Tensor, tangent: torch.Tensor, targets: list[torch.Tensor], alpha: float,
@@ -442,7 +447,7 @@ class MetaReweight(Method):
             logits, tangent = dual_forward(self.net, params, g_clean, xv)
         else:
             logits = self.net(xv)  # the step's one running-statistics update
-        prob = torch.softmax(logits.float(), 1)
+        prob = torch.softmax(_up(logits), 1)
         # pseudo labels (eq. 3; eq. 10 with PLE) from the student at θ_t, no gradient
         with torch.no_grad():
             fg = prob[:, 1:2]
@@ -451,8 +456,8 @@ class MetaReweight(Method):
                 yp = (augment.apply(avg.repeat(k, 1, 1, 1), vp) > 0.5).long()[:, 0]
             else:
                 yp = (fg > 0.5).long()[:, 0]
-        cost_n = F.cross_entropy(logits.float(), yv, reduction="none") * mask_n
-        cost_p = F.cross_entropy(logits.float(), yp, reduction="none") if c.use_pseudo else None
+        cost_n = F.cross_entropy(_up(logits), yv, reduction="none") * mask_n
+        cost_p = F.cross_entropy(_up(logits), yp, reduction="none") if c.use_pseudo else None
 
         # eqs. 4–8: the meta-learned weight maps
         if c.use_meta:

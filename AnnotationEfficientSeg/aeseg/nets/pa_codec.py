@@ -239,6 +239,7 @@ class PACodec(nn.Module):
     - :meth:`encode` — Eq. (1); :meth:`absence` — ``g_com(c)``, Eq. (2);
     - :meth:`residual` — ``g_res(c, u)``, Eq. (3), with the case's own ``u`` or a
       given one (``u ~ N(0, I)`` for A→P, Eq. 5);
+    - :meth:`presence` — ``g_com(c) + g_res(c, u)``, Eqs. (3) and (5);
     - :meth:`segment` — logits ``(B, classes, H, W)``, Eq. (4).
     """
 
@@ -275,6 +276,11 @@ class PACodec(nn.Module):
         """The additive change ``tanh(g_res(c, u))``; ``unique`` replaces the encoded ``u``."""
         u = code.unique if unique is None else unique
         return torch.tanh(self.residual_dec(torch.cat([code.common, u], 1), code.skips, code.sizes, mode=0))
+
+    def presence(self, code: Code, unique: torch.Tensor | None = None) -> torch.Tensor:
+        """The presence-domain image ``g_com(c) + g_res(c, u)``: ``x_PP`` with the encoded
+        ``u`` (Eq. 3), ``x_AP`` with ``u ~ N(0, I)`` for an absent image (Eq. 5)."""
+        return self.absence(code) + self.residual(code, unique)
 
     def segment(self, code: Code) -> torch.Tensor:
         """Segmentation logits from the residual decoder in segmentation mode (or the separate decoder)."""

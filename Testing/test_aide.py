@@ -1,0 +1,284 @@
+"""AIDE (cross-model label self-correction) and its invertible view augmentations.
+
+Tiny seeded phantoms (32 px, 3 slices per volume) and a small U-Net, one CPU thread
+(tiny convolutions gain nothing from more, and a busy machine punishes spinning threads).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from aeseg.methods.augment import apply, coverage, fixed_affine, invert, sample_affine
+from aeseg.methods.base import MethodContext, StepInfo
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------- augment
+
+
+def _blob(b: int, h: int, w: int) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    out = []
+    for i in range(b):  # smooth, asymmetric blobs (so flips and rotations change them)
+        cx, cy = 0.2 * math.cos(i), 0.15 * math.sin(i)
+        out.append(torch.exp(-((xx - cx) ** 2 / 0.3 + (yy - cy) ** 2 / 0.15)) + 0.3 * xx)
+    return torch.stack(out)[:, None].repeat(1, 2, 1, 1)
+
+
+def test_flip_views_invert_exactly():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 2, 16, 20)
+    p = sample_affine(8, 0.0, flip_p=0.5, vflip_p=0.5, generator=g)
+    assert p.hflip.any() and (~p.hflip).any() and p.vflip.any()
+    y = apply(x, p)
+    assert torch.equal(y[p.hflip & ~p.vflip], x[p.hflip & ~p.vflip].flip(-1))
+    assert not torch.equal(y, x)
+    assert torch.equal(invert(y, p), x)  # bit-identical
+    lab = (torch.rand(8, 1, 16, 20) > 0.5).long()
+    la = apply(lab, p, mode="nearest")
+    assert la.dtype == torch.long and torch.equal(invert(la, p, mode="nearest"), lab)
+
+
+def test_rotation_zoom_views_invert_within_interpolation_error():
+    g = torch.Generator().manual_seed(1)
+    x = _blob(6, 64, 64)
+    p = sample_affine(6, 60.0, zoom_range=(0.85, 1.15), flip_p=0.5, generator=g)
+    y = apply(x, p)
+    assert (y - x).abs().amax() > 0.3  # the views really moved
+    back = invert(y, p)
+    cov = coverage(p, (64, 64))
+    inside = cov[:, :1].expand_as(x) > 0.999
+    assert inside[:, :, 24:40, 24:40].all()  # the centre is always seen
+    err = (back - x).abs()[inside]
+    assert err.max() < 0.02 and err.mean() < 0.005
+    # direction convention: +90° is torch.rot90(k=-1)
+    a = torch.arange(36.0).view(1, 1, 6, 6)
+    assert torch.allclose(apply(a, fixed_affine(1, angle_deg=90.0)), torch.rot90(a, -1, (-2, -1)), atol=1e-4)
+    # zoom > 1 magnifies: the blob covers more pixels
+    z = apply(x[:1], fixed_affine(1, zoom=1.5))
+    assert (z[0, 0] > 0.5).sum() > (x[0, 0] > 0.5).sum()
+    # fill value for pixels from outside the image
+    f = apply(torch.zeros(1, 1, 16, 16), fixed_affine(1, angle_deg=45.0), fill=-1.0)
+    assert f[0, 0, 0, 0] == pytest.approx(-1.0) and f[0, 0, 8, 8] == pytest.approx(0.0, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def test_correction_schedule_and_ramp_functions():
+    from aeseg.methods.aide import consistency_ramp, correction_due
+
+    fired = [e + 1 for e in range(100) if correction_due(e, warmup=20, every=10)]
+    assert fired == list(range(1, 21)) + [30, 40, 50, 60, 70, 80, 90, 100]
+    assert [e + 1 for e in range(40) if correction_due(e, 20, 10, start=5)] == list(range(5, 21)) + [30, 40]
+    assert [consistency_ramp(e, 20) for e in (0, 5, 10, 20, 35)] == [0.0, 1 / 16, 0.25, 1.0, 1.0]
+    assert consistency_ramp(0, 0) == 1.0
+
+
+# ----------------------------------------------------------------------------- method
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    """Seeded high-noise noisy_organ phantom: 2 clean + 6 noisy training volumes, with the
+    true masks resampled to the training slices (evaluation only)."""
+    from aeseg.cohort.manifest import load_cohort
+    from aeseg.data.dataset import load_cohort_data
+    from aeseg.data.phantoms import PhantomConfig, make_phantom_cohort
+    from aeseg.data.slicing import to_slices
+    from aeseg.data.transforms import DataConfig, resize_slices
+
+    root = tmp_path_factory.mktemp("aide") / "noisy_high"
+    make_phantom_cohort(root, PhantomConfig(task="noisy_organ", seed=1, n_train=8, n_val=0, n_test=1, size=32,
+                                            n_slices=3, noise="high", n_clean=2))
+    data = load_cohort_data(load_cohort(root), DataConfig(size=32), with_truth=True)
+    truth = torch.zeros_like(data.train.labels)
+    for r in data.train.records:
+        t = resize_slices(to_slices(r.truth_zyx[None].astype(np.float32), 2), 32, "nearest")[:, 0]
+        truth[r.start:r.start + r.count, 0] = torch.from_numpy(t > 0.5).long()
+    return root, data, truth
+
+
+def _method(data, seed=0, **kw):
+    from aeseg.methods.aide import Aide, AideConfig
+
+    torch.manual_seed(seed)
+    cfg = AideConfig(**{"features": 8, "depth": 3, "lr": 3e-3, "warmup": 4, **kw})
+    return Aide(cfg, MethodContext(device=torch.device("cpu"), data=data, seed=seed))
+
+
+def _epoch(m, epoch, epochs=10, bs=8):
+    tr = m.ctx.data.train
+    idx = tr.indices(("clean", "noisy"))
+    g = torch.Generator().manual_seed(100 + epoch)
+    order = idx[torch.randperm(len(idx), generator=g)]
+    steps = math.ceil(len(order) / bs)
+    out = []
+    for s in range(steps):
+        out.append(m.train_step(tr.batch(order[s * bs:(s + 1) * bs]), StepInfo("train", epoch, epochs, s, steps, 0)))
+    return out
+
+
+def _case_dice(a, b):
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int((a.bool() & b.bool()).sum()) / s
+
+
+def test_short_run_moves_corrected_labels_towards_truth_and_keeps_clean_labels(phantom):
+    _, data, truth = phantom
+    tr = data.train
+    given = tr.labels.clone()
+    m = _method(data, correct_fraction=0.34)
+    for e in range(10):
+        _epoch(m, e)
+    recs = m.correct_labels(9)
+    assert recs and {r["network"] for r in recs} == {1, 2}
+    assert all(r["label_set"] == 3 - r["network"] for r in recs)  # cross-model: each corrects its peer's set
+    before, after = [], []
+    for r in recs:
+        rec = next(x for x in tr.records if x.case_id == r["case"])
+        assert rec.kind == "noisy"
+        sl = slice(rec.start, rec.start + rec.count)
+        before.append(_case_dice(given[sl], truth[sl]))
+        after.append(_case_dice(m.label_sets[r["label_set"] - 1][sl], truth[sl]))
+    assert np.mean(after) > np.mean(before) + 0.1, (before, after)
+    # expert labels are never overwritten; the data's own labels are never touched
+    clean = tr.kind == 0
+    assert clean.any()
+    for ls in m.label_sets:
+        assert torch.equal(ls[clean].long(), given[clean])
+    assert torch.equal(tr.labels, given)
+
+
+def test_consistency_weight_follows_the_ramp(phantom):
+    _, data, _ = phantom
+    m = _method(data, warmup=4)
+    for e, r in ((0, 0.0), (1, 1 / 16), (2, 0.25), (6, 1.0)):
+        out = _epoch(m, e)[0]
+        assert out["r"] == pytest.approx(r)
+        assert ("cons1" in out and "cons2" in out) == (r > 0)
+    # λ_c·r·consistency: with λ_c = 0 the consistency never enters
+    m0 = _method(data, consistency=0.0)
+    assert "cons1" not in _epoch(m0, 3)[0]
+    # one network: it pseudo-labels for itself
+    m1 = _method(data, two_networks=False)
+    out = _epoch(m1, 3)[0]
+    assert "cons1" in out and "loss2" not in out and len(m1.label_sets) == 1
+
+
+def test_local_pseudo_labels_are_sharpened_probabilities_with_confidence(phantom):
+    from aeseg.methods.aide import confidence_weight, sharpen
+
+    _, data, _ = phantom
+    m = _method(data, temperature=0.5)
+    x = data.train.images[:4]
+    prob, w = m.local_pseudo_labels(m.nets[0], x)
+    assert prob.shape == (4, 2, 32, 32) and w.shape == (4, 1, 32, 32)
+    assert torch.allclose(prob.sum(1), torch.ones(4, 32, 32), atol=1e-5)
+    assert (w >= 0).all() and (w <= 1).all()
+    p = torch.tensor([[0.6, 0.4]]).view(1, 2, 1, 1)
+    s = sharpen(p, 0.5)
+    assert s[0, 0, 0, 0] == pytest.approx(0.36 / 0.52) and confidence_weight(torch.full((1, 2, 1, 1), 0.5)).item() == 0.0
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)`")
+def test_correction_events_follow_the_schedule(phantom):
+    _, data, _ = phantom
+    m = _method(data, warmup=2, correct_every=3)
+    fired = []
+    for e in range(7):
+        rep = m.end_epoch(StepInfo("train", e, 7, 0, 1, 0))
+        if rep.events:
+            assert all(ev["type"] == "correction" for ev in rep.events)
+            fired.append(e + 1)
+    assert fired == [1, 2, 3, 6]
+    assert len(m.history) == 4 * 2 * 1  # 4 times × 2 networks × max(1, 25 % of 6 noisy cases)
+    m2 = _method(data, global_correction=False)
+    assert not m2.end_epoch(StepInfo("train", 0, 7, 0, 1, 0)).events
+
+
+def test_resume_gives_the_same_label_sets_and_weights(phantom):
+    _, data, _ = phantom
+    a = _method(data, seed=0, warmup=2)
+    _epoch(a, 0)
+    a.end_epoch(StepInfo("train", 0, 3, 0, 1, 0))
+    buf = io.BytesIO()
+    torch.save({"modules": {k: v.state_dict() for k, v in a.modules().items()},
+                "optim": {k: v.state_dict() for k, v in a.optimizers().items()}, "extra": a.extra_state()}, buf)
+    buf.seek(0)
+    ck = torch.load(buf, weights_only=True)
+    b = _method(data, seed=123, warmup=2)  # different initialisation, then restored
+    for k, mod in b.modules().items():
+        mod.load_state_dict(ck["modules"][k])
+    for k, o in b.optimizers().items():
+        o.load_state_dict(ck["optim"][k])
+    b.load_extra_state(ck["extra"])
+    for m in (a, b):
+        _epoch(m, 1)
+        m.end_epoch(StepInfo("train", 1, 3, 0, 1, 0))
+    assert len(a.history) == len(b.history) > 0 and a.history == b.history
+    for la, lb in zip(a.label_sets, b.label_sets):
+        assert torch.equal(la, lb)
+    for pa, pb in zip(a.nets[0].parameters(), b.nets[0].parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_unsupported_reasons():
+    from aeseg.cohort.summary import CohortSummary
+    from aeseg.methods.aide import Aide, AideConfig
+
+    assert Aide.unsupported_reason(CohortSummary(clean_train=1, noisy_train=3)) is None
+    assert "standardize" in Aide.unsupported_reason(CohortSummary(clean_train=1, unlabeled_train=3), AideConfig(standardize=False))
+    assert Aide.unsupported_reason(CohortSummary(clean_train=2)) is not None
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+def test_job_writes_corrections_quality_and_maps(tiny_cohort, tmp_path):
+    """Mixed cohort (clean + noisy + unlabelled): task standardization first, then AIDE."""
+    import slicerio
+
+    from aeseg.engine.config import resolve_config
+    from aeseg.engine.loop import create_job, run_job
+    from aeseg.quality.table import read_quality_csv
+
+    cfg = resolve_config("aide", {"engine.epochs": 2, "engine.batch_size": 8, "data.size": 32, "features": 8,
+                                  "depth": 3, "warmup": 1, "views": 2, "engine.probability_maps": False}, seed=0)
+    job = create_job(tmp_path / "job", tiny_cohort, cfg)
+    res = run_job(job.root, progress_bar=False)
+    assert res.status == "done"
+    assert (job.root / "standardize" / "events.jsonl").is_file()
+    events = [json.loads(line) for line in (job.root / "events.jsonl").read_text().splitlines()]
+    corr = [e for e in events if e["type"] == "correction"]
+    assert corr and all({"case", "epoch", "network", "dice_new_vs_replaced", "dice_new_vs_given"} <= set(e) for e in corr)
+    hist = (job.root / "corrections.csv").read_text().splitlines()
+    assert len(hist) == len(corr) + 1
+    rows = {r["case"]: r for r in read_quality_csv(job.root / "quality.csv")}
+    data_cases = json.loads((tiny_cohort / "phantom.json").read_text())
+    noisy = [c for c, r in rows.items() if r.get("label_kind") == "noisy"]
+    assert len(noisy) >= 4  # noisy + standardized unlabelled training cases
+    for c in noisy:
+        r = rows[c]
+        assert r["score"] == pytest.approx(1.0 - float(r["aide_dice_change"]), abs=1e-3)
+        seg = slicerio.read_segmentation(str(job.correction(c)))
+        names = [s["name"] for s in seg["segments"]]
+        assert names == ["Corrected", "Given label"]
+        assert (job.root / "maps" / c / "aide_confidence.nrrd").is_file()
+    corrected = {e["case"] for e in corr}
+    assert corrected <= set(noisy)
+    assert sum(int(rows[c]["aide_corrections"]) for c in noisy) == len(corr)
+    assert data_cases  # phantom metadata present
