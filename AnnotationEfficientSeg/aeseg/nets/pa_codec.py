@@ -62,6 +62,13 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     return get_norm_layer(_NORMS[kind], spatial_dims=2, channels=channels)
 
 
+def _small_init(c: nn.Conv2d) -> None:
+    """Near-zero logits at the start (p ≈ 0.5 everywhere): a Kaiming-initialised classifier
+    on ReLU features starts saturated, where the soft Dice gradient vanishes."""
+    nn.init.normal_(c.weight, std=1e-3)
+    nn.init.zeros_(c.bias)
+
+
 def conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2d:
     """A 2D convolution with reflection padding and Kaiming-normal weights (Sec. IV-B)."""
     c = nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, padding_mode="reflect" if kernel > 1 else "zeros")
@@ -198,6 +205,10 @@ class Decoder(nn.Module):
         self.out_norm = SwitchNorm(norm, cin, modes)
         self.out_conv = conv(cin, out_channels, out_kernel or kernel)
         self.classifier = conv(cin, classes, 1) if (modes > 1 and classes) else None
+        if self.classifier is not None:
+            _small_init(self.classifier)
+        if out_kernel == 1:  # a separate segmenter: its output layer is the classifier
+            _small_init(self.out_conv)
         self.modes = modes
 
     def forward(self, z: torch.Tensor, skips: list[torch.Tensor], sizes: list[tuple[int, int]], mode: int = 0) -> torch.Tensor:

@@ -1,0 +1,111 @@
+"""The ``aeseg`` command through a subprocess, as the Slicer module and users run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicerio
+
+from aeseg.cohort import load_cohort, read_image, read_label
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def aeseg(*args, check=True):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "AnnotationEfficientSeg"), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "aeseg", *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+@pytest.fixture(scope="module")
+def cli_job(tiny_cohort, tmp_path_factory):
+    job = tmp_path_factory.mktemp("cli") / "job"
+    aeseg("train", tiny_cohort, "--method", "supervised", "--labels", "all", "--out", job, "--epochs", "2",
+          "--no-progress", "--set", "data.size=32", "--set", "features=8", "--set", "depth=3")
+    return job
+
+
+def test_methods_json_describes_config_forms():
+    data = json.loads(aeseg("methods", "--json").stdout)
+    by = {m["name"]: m for m in data}
+    assert {"supervised", "mean_teacher"} <= set(by)
+    fields = {f["name"]: f for f in by["supervised"]["config"]}
+    assert fields["labels"]["type"] == "choice" and fields["labels"]["choices"] == ["clean", "all"]
+    assert fields["lr"]["type"] == "float" and fields["lr"]["default"] == 1e-3
+    assert fields["features"]["type"] == "int" and fields["features"]["min"] == 4
+
+
+def test_user_errors_are_one_line(tmp_path):
+    r = aeseg("validate", tmp_path / "missing", check=False)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "not found" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = aeseg("train", tmp_path, "--method", "nope", "--out", tmp_path / "j", check=False)
+    assert r.returncode == 2 and "unknown method 'nope'" in r.stderr
+    r = aeseg("train", tmp_path, "--set", "epochz=3", "--out", tmp_path / "j", check=False)
+    assert r.returncode == 2 and "unknown option 'epochz'" in r.stderr
+    assert not (tmp_path / "j").exists()
+    r = aeseg("--debug", "validate", tmp_path / "missing", check=False)
+    assert "Traceback" in r.stderr
+
+
+def test_predict_writes_original_geometry(cli_job, tiny_cohort, tmp_path):
+    co = load_cohort(tiny_cohort)
+    imgs = [c.image for c in co.cases if c.split == "test"]
+    out = tmp_path / "pred"
+    aeseg("predict", "--model", cli_job, *imgs, "--out", out)
+    aeseg("predict", "--model", cli_job, imgs[0], "--out", out / "nii", "--format", "nii.gz")
+    for p in imgs:
+        cid = p.name.split(".")[0]
+        seg = slicerio.read_segmentation(str(out / f"{cid}.seg.nrrd"))
+        np.testing.assert_allclose(seg["ijkToLPS"], read_image(p).geometry.ijk_to_lps(), atol=1e-4)
+    cid = imgs[0].name.split(".")[0]
+    a, ga = read_label(out / f"{cid}.seg.nrrd")
+    b, gb = read_label(out / "nii" / f"{cid}.nii.gz")
+    np.testing.assert_array_equal(a, b)
+    assert ga.same_grid(gb)
+    # the job's own prediction for the case is the same model's
+    c, _ = read_label(cli_job / "pseudo_labels" / f"{cid}.seg.nrrd")
+    np.testing.assert_array_equal(a, c)
+
+
+def test_evaluate_against_truth(cli_job, tiny_cohort, tmp_path):
+    co = load_cohort(tiny_cohort)
+    pred, ref = tmp_path / "p", tmp_path / "r"
+    pred.mkdir()
+    ref.mkdir()
+    for c in co.cases:
+        if c.split == "test":
+            (pred / f"{c.case_id}.seg.nrrd").symlink_to(cli_job / "pseudo_labels" / f"{c.case_id}.seg.nrrd")
+            (ref / c.truth.name).symlink_to(c.truth)
+    r = aeseg("evaluate", pred, ref, "--json", "--csv", tmp_path / "m.csv")
+    data = json.loads(r.stdout)
+    assert len(data["cases"]) == 2 and {"dice", "hd95", "assd", "ravd"} <= set(data["cases"][0])
+    assert 0.0 <= data["summary"]["dice"]["mean"] <= 1.0
+    assert (tmp_path / "m.csv").read_text().startswith("case,")
+    # the same prediction against itself is perfect
+    r = aeseg("evaluate", pred, pred, "--json")
+    assert json.loads(r.stdout)["summary"]["dice"]["mean"] == pytest.approx(1.0)
+
+
+def test_export_job_labels_to_nnunet(cli_job, tmp_path):
+    out = tmp_path / "nnunet"
+    aeseg("export", cli_job, "--out", out, "--format", "nnunet", "--labels", "pseudo_labels")
+    ds = json.loads((out / "dataset.json").read_text())
+    n = len(list((cli_job / "pseudo_labels").glob("*.seg.nrrd")))
+    assert ds["numTraining"] == n and len(list((out / "imagesTr").iterdir())) == n
+    r = aeseg("export", cli_job, "--out", out, "--format", "nnunet", check=False)
+    assert r.returncode == 2 and "not empty" in r.stderr
+
+
+def test_demo_help_and_devices():
+    assert "phantom" in aeseg("demo", "--help").stdout
+    info = json.loads(aeseg("devices", "--json").stdout)
+    assert info["devices"][0] == "cpu" and info["default"] in info["devices"]
