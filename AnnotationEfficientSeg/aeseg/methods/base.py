@@ -11,6 +11,7 @@ back as typed objects (:class:`EpochReport`, :class:`QualityResult`), not attrib
 from __future__ import annotations
 
 import contextlib
+import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +143,8 @@ class Method(ABC):
     def __init__(self, config: Any, ctx: MethodContext):
         self.config = config
         self.ctx = ctx
+        #: the method's own random stream (augmentations, sampling); checkpointed by default
+        self.g = ctx.generator(zlib.crc32(self.name.encode()) % 10_007)
 
     # --- what the cohort must offer -------------------------------------------------
     @classmethod
@@ -159,11 +162,13 @@ class Method(ABC):
         """Every optimiser and LR scheduler whose state is saved."""
 
     def extra_state(self) -> dict[str, Any]:
-        """Other state to checkpoint (tensors and plain Python values only)."""
-        return {}
+        """Other state to checkpoint (tensors and plain Python values only); by default the
+        state of ``self.g``. Overrides should extend ``super().extra_state()``."""
+        return {"rng": self.g.get_state()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
+        if "rng" in state:
+            self.g.set_state(state["rng"])
 
     # --- training --------------------------------------------------------------------
     def phases(self, epochs: int) -> list[Phase]:

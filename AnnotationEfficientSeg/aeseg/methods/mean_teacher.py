@@ -55,7 +55,6 @@ class MeanTeacher(Method):
         self.teacher = ema_model(self.student, config.ema_decay).to(ctx.device)
         self.opt = torch.optim.Adam(self.student.parameters(), lr=config.lr)
         self.loss = seg_loss()
-        self.g = ctx.generator(2)
         kinds = ("clean", "noisy") if config.use_noisy else ("clean",)
         self.labelled = ctx.data.train.indices(kinds)
 
@@ -64,12 +63,6 @@ class MeanTeacher(Method):
 
     def optimizers(self):
         return {"opt": self.opt}
-
-    def extra_state(self):
-        return {"rng": self.g.get_state()}
-
-    def load_extra_state(self, state):
-        self.g.set_state(state["rng"])
 
     def make_batch(self, idx: torch.Tensor, phase: Phase) -> dict:
         extra = self.labelled[torch.randint(len(self.labelled), (self.config.labeled_bs,), generator=self.g)]

@@ -52,19 +52,12 @@ class Supervised(Method):
         self.net = ctx.wrap(make_unet(ctx.in_channels, 2, config))
         self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.loss = seg_loss()
-        self.g = ctx.generator(1)
 
     def modules(self):
         return {"net": self.net}
 
     def optimizers(self):
         return {"opt": self.opt}
-
-    def extra_state(self):
-        return {"rng": self.g.get_state()}
-
-    def load_extra_state(self, state):
-        self.g.set_state(state["rng"])
 
     def train_step(self, batch: dict, info: StepInfo) -> dict[str, float]:
         x, y = batch["image"], batch["label"]
