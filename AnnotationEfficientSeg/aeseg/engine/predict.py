@@ -40,8 +40,10 @@ def load_model(path: str | os.PathLike, device: str = "auto"):
     data = CohortData(empty, empty, empty, cfg.data)
     method = get_method(spec["method"])(cfg.method_config, MethodContext(device=dev, data=data, seed=0))
     state = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
+    from .loop import _unwrap
+
     for k, m in method.modules().items():
-        getattr(m, "module", m).load_state_dict(state["modules"][k])
+        _unwrap(m).load_state_dict(state["modules"][k])
     method.train_mode(False)
     return method, cfg, dev
 
