@@ -5,4 +5,5 @@ from harness import Plan, Variant
 
 
 def plan(profile: str, task: str, setting: str | None) -> Plan:
-    return Plan(overrides={}, ablations=[Variant("use_noisy_labels", {"use_noisy": True})])
+    return Plan(overrides={}, ablations=[Variant("use_noisy_labels", {"use_noisy": True}),
+                                         Variant("predict_with_teacher", {"predict_with": "teacher"})])
