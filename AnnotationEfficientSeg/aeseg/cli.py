@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "noisy labels at mean Dice 0.62), train a short run and write a job folder.")
     p.add_argument("--out", "-o", default="demo", help="folder for the demo cohort and job")
     p.add_argument("--method", default="mean_teacher")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--steps-per-epoch", type=int, default=15)
     p.add_argument("--device", default="auto")
     return ap
 
@@ -226,7 +227,8 @@ def cmd_demo(args) -> int:
     if not (cohort / "cohort.csv").exists():
         info = make_phantom_cohort(cohort, PhantomConfig(task="noisy_organ", setting="noisy", noise=0.62, seed=0))
         print(f"phantom cohort: {cohort} (noisy labels at mean Dice {info.noisy_mean_dice:.2f})")
-    cfg = resolve_config(args.method, {"engine.epochs": args.epochs}, seed=0, device=args.device)
+    cfg = resolve_config(args.method, {"engine.epochs": args.epochs, "engine.steps_per_epoch": args.steps_per_epoch},
+                         seed=0, device=args.device)
     job = create_job(job_dir, cohort, cfg, command=["aeseg", "demo"])
     res = run_job(job.root)
     print(f"job folder: {res.job}")
