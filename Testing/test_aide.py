@@ -194,7 +194,7 @@ def test_local_pseudo_labels_are_sharpened_probabilities_with_confidence(phantom
     assert s[0, 0, 0, 0] == pytest.approx(0.36 / 0.52) and confidence_weight(torch.full((1, 2, 1, 1), 0.5)).item() == 0.0
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)`")
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
 def test_correction_events_follow_the_schedule(phantom):
     _, data, _ = phantom
     m = _method(data, warmup=2, correct_every=3)
@@ -273,7 +273,8 @@ def test_job_writes_corrections_quality_and_maps(tiny_cohort, tmp_path):
     assert len(noisy) >= 4  # noisy + standardized unlabelled training cases
     for c in noisy:
         r = rows[c]
-        assert r["score"] == pytest.approx(1.0 - float(r["aide_dice_change"]), abs=1e-3)
+        expect = 0.5 * (1.0 - float(r["aide_dice_change"]) + float(r["aide_agreement"]))
+        assert r["score"] == pytest.approx(expect, abs=1e-3)
         seg = slicerio.read_segmentation(str(job.correction(c)))
         names = [s["name"] for s in seg["segments"]]
         assert names == ["Corrected", "Given label"]

@@ -37,6 +37,15 @@ from aeseg.methods.registry import get_method
 from aeseg.nets import NetConfig, make_unet
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny 32-px networks gain nothing from threads; on a busy machine they lose a lot."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _tiny_net(dtype=torch.float64):
     torch.manual_seed(0)
     net = make_unet(1, 2, NetConfig(features=4, depth=2, res_units=0)).to(dtype)
@@ -165,30 +174,59 @@ def _method(root, **overrides):
 
 
 def test_wrong_label_pixels_get_lower_weight(phantom):
+    """The learned label weight, averaged over the training steps, is lower where the given
+    label disagrees with the truth (the phantom's labels are corrupted at mean Dice 0.41)."""
     m, data = _method(phantom, use_ple=False, use_mean_teacher=False)
     ph = Phase("train", 10)
     idx = m.train_indices(ph)
+    err = torch.zeros(len(data.train), 32, 32, dtype=torch.bool)
+    for rec in data.train.records:
+        if rec.kind == "noisy":
+            sl = slice(rec.start, rec.start + rec.count)
+            err[sl] = torch.from_numpy(to_slices(rec.truth_zyx, 2) > 0) != (data.train.labels[sl, 0] > 0)
     g = torch.Generator().manual_seed(0)
-    for i in range(40):
+    wrong, right = [], []
+    for i in range(36):
         sel = idx[torch.randperm(len(idx), generator=g)[:8]]
         out = m.train_step(m.make_batch(sel, ph), StepInfo("train", i // 4, 10, i % 4, 4, i))
         assert out["w_sum_label"] == pytest.approx(1.0, abs=1e-4)
         assert out["w_sum_pseudo"] == pytest.approx(1.0, abs=1e-4)
-    wrong, right = [], []
-    for rec in data.train.records:
-        if rec.kind != "noisy":
-            continue
-        sl = slice(rec.start, rec.start + rec.count)
-        truth = torch.from_numpy(to_slices(rec.truth_zyx, 2) > 0)
-        err = truth != (data.train.labels[sl, 0] > 0)
-        seen = ~torch.isnan(m.w_label[sl])
-        w = m.maps_label[sl].float()
+        w = m.maps_label[sel].float()  # this step's weights, in each slice's own frame
         assert float(w.min()) >= 0
-        wrong.append(w[seen][err[seen]])
-        right.append(w[seen][~err[seen]])
+        if i >= 6:
+            wrong.append(w[err[sel]])
+            right.append(w[~err[sel]])
     wrong, right = torch.cat(wrong), torch.cat(right)
-    assert len(wrong) > 200 and len(right) > 200
+    assert len(wrong) > 1000 and len(right) > 1000
     assert float(wrong.mean()) < 0.8 * float(right.mean())
+
+
+def test_resume_from_state_is_exact(phantom):
+    """modules() + optimizers() + extra_state() are enough to continue bit-for-bit."""
+    a, _ = _method(phantom, ple_views=2, meta_batch=2)
+    ph = Phase("train", 4)
+    idx = a.train_indices(ph)
+    sels = [idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(i))[:6]] for i in range(4)]
+
+    def step(m, i):
+        return m.train_step(m.make_batch(sels[i], ph), StepInfo("train", i // 2, 4, i % 2, 2, i))
+
+    for i in range(2):
+        step(a, i)
+    state = {"modules": {k: copy.deepcopy(v.state_dict()) for k, v in a.modules().items()},
+             "optim": {k: copy.deepcopy(o.state_dict()) for k, o in a.optimizers().items()},
+             "extra": copy.deepcopy(a.extra_state())}
+    b, _ = _method(phantom, ple_views=2, meta_batch=2)
+    for k, v in b.modules().items():
+        v.load_state_dict(state["modules"][k])
+    for k, o in b.optimizers().items():
+        o.load_state_dict(state["optim"][k])
+    b.load_extra_state(state["extra"])
+    for i in range(2, 4):
+        assert step(a, i) == step(b, i)
+    for (n, pa), pb in zip(a.net.state_dict().items(), b.net.state_dict().values()):
+        assert torch.equal(pa, pb), n
+    assert torch.equal(a.maps_label, b.maps_label)
 
 
 def test_full_method_trains_and_writes_quality(phantom, tmp_path):
@@ -202,9 +240,11 @@ def test_full_method_trains_and_writes_quality(phantom, tmp_path):
     scored = [r for r in noisy if r["score"] != ""]
     assert len(scored) >= 4
     for r in scored:
-        wl, wp, s = float(r["meta_weight_label"]), float(r["meta_weight_pseudo"]), float(r["score"])
-        assert s == pytest.approx(wl / (wl + wp), rel=1e-4)
-    assert rows[0]["flag"] in ("true", "false")
+        assert float(r["score"]) == pytest.approx(float(r["meta_label_kept"]), rel=1e-5)
+        assert 0.0 <= float(r["score"]) <= 1.0
+        assert float(r["meta_weight_label"]) >= 0 and float(r["meta_weight_pseudo"]) >= 0
+    assert rows[0]["flag"] == "true" and rows[0]["label_kind"] == "noisy"  # review queue: low trust first
+    assert all(r["score"] == "" for r in rows if r["label_kind"] == "clean")
     case = scored[0]["case"]
     for name in ("meta_weight_label", "meta_weight_pseudo"):
         p = job.map_path(case, name)

@@ -368,8 +368,10 @@ def test_cancel_then_resume_and_reopen(app, panel, cohort, tmp_path, monkeypatch
     assert "Epoch 1/50" in panel.ui.progressLabel.text() and "ETA" in panel.ui.progressLabel.text()
     panel.cancel()
     assert (out / "cancel").exists()
-    assert wait_until(app, lambda: not panel.job_running() and panel.watcher.state.status == "cancelled")
-    assert "Cancelled" in panel.ui.progressLabel.text() and panel.ui.resumeButton.isEnabled()
+    # the process-finished handler enables Resume: wait for it as well as for the event
+    assert wait_until(app, lambda: not panel.job_running() and panel.watcher.state.status == "cancelled"
+                      and panel.ui.resumeButton.isEnabled())
+    assert "Cancelled" in panel.ui.progressLabel.text()
 
     # reopening the folder later (another Slicer session) shows the same state
     other = Panel(python=sys.executable, python_path=panel.python_path, log_dir=tmp_path / "logs", poll_ms=20)

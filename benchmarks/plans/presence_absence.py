@@ -74,8 +74,31 @@ def extra(bench, result: dict) -> dict:
     td = result["test_dice"]
     low, high = td["clean_only"]["mean"], td["oracle"]["mean"]
     rows = {"method": td["method"]["mean"], **{k: v["mean"] for k, v in result.get("ablations", {}).items()}}
-    out = {"gap_covered_vs_clean_only": {k: gap(v, low, high) for k, v in rows.items()}}
+    out = {"gap_covered_vs_clean_only": {k: gap(v, low, high) for k, v in rows.items()},
+           "by_presence": _by_presence(bench)}
+    pres = out["by_presence"]
+    if all(k in pres for k in ("clean_only", "oracle", "method")):
+        lo, hi = pres["clean_only"]["present_dice"]["mean"], pres["oracle"]["present_dice"]["mean"]
+        out["gap_covered_present_only"] = {k: gap(v["present_dice"]["mean"], lo, hi) for k, v in pres.items()
+                                           if k not in ("clean_only", "oracle")}
     out["triage_unannotated_present"] = _triage(bench, bench.runs["method"])
+    return out
+
+
+def _by_presence(bench) -> dict:
+    """Test Dice over the present test cases only, and the share of absent test cases
+    predicted empty (an empty prediction scores 1 on an absent case and 0 on a present one,
+    so the all-case mean rewards predicting nothing: 0.5 with half the cases absent)."""
+    from aeseg.cohort.manifest import load_cohort
+    from harness import mean_sd
+
+    presence = {c.case_id: c.presence for c in load_cohort(bench.workdir / "cohort").cases if c.split == "test"}
+    out = {}
+    for name, run in bench.runs.items():
+        key = name.removeprefix("ablation_")
+        pres = [d for c, d in run.per_case.items() if presence.get(c) == "present"]
+        absent = [d for c, d in run.per_case.items() if presence.get(c) == "absent"]
+        out[key] = {"present_dice": mean_sd(pres), "absent_empty": round(sum(d == 1.0 for d in absent) / max(len(absent), 1), 4)}
     return out
 
 

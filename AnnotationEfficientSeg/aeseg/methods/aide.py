@@ -21,7 +21,9 @@ Per iteration, **local label filtering**:
    r = min((epoch / warmup)², 1).
 
 Per epoch, **global label correction**: when epoch ≤ ``warmup`` or epoch is a multiple
-of ``correct_every`` (1-based epochs), each network predicts every noisy training case
+of ``correct_every`` (1-based epochs; none before ``correct_start``, which is 1 in the
+paper but should be later when an epoch is only a few optimiser steps, since a network
+that has barely trained cannot correct anything), each network predicts every noisy training case
 (argmax, optionally its largest connected component over the case's slices), computes
 the case Dice against the label set its peer trains on, and overwrites the
 ``correct_fraction`` of noisy cases with the lowest Dice by its prediction. A "case" is
@@ -40,6 +42,11 @@ Deviations, all documented and switchable where they matter:
   makes both the identity);
 - the default learning rate is the project's (1e-3) for the engine's shorter budget
   (30 epochs of batch 16 instead of the code's 100 epochs of batch 4 at 1e-4);
+- ``precise_bn``: after every epoch the networks' BatchNorm statistics are recomputed
+  over the training slices (torch ``update_bn``) before the correction predicts: with a
+  few optimiser steps per epoch the running averages lag and evaluation-mode
+  predictions collapse at random epochs (empty masks), which a correction would copy
+  into the labels. Not in the paper (its epochs are ~10× longer); off = as published;
 - ``augment`` adds the project's random flips of the training batch (image and both
   label sets alike), as the supervised baseline does; the code trains unaugmented;
 - the lowest ``correct_fraction`` is taken among *noisy* cases (the code ranks all cases
@@ -51,8 +58,9 @@ no consistency), ``global_correction`` (off: label sets never change), ``two_net
 corrects its own label set).
 
 Outputs: ``corrections/<case>.seg.nrrd`` (segments "Corrected" and "Given label") for
-every noisy case, ``corrections.csv`` (the history), ``quality.csv`` columns
-``aide_corrections`` and ``aide_dice_change``, and per-case maps ``aide_confidence``.
+every noisy case, ``corrections.csv`` (the history), ``quality.csv`` (``score`` and the
+columns ``aide_corrections``, ``aide_dice_change``, ``aide_agreement``; see
+:meth:`Aide.quality`), and per-case maps ``aide_confidence``.
 """
 
 from __future__ import annotations
@@ -103,6 +111,7 @@ class AideConfig(NetConfig):
     correct_start: int = field(default=1, metadata={"help": "first epoch (1-based) a correction may happen (paper: 1; later for short epochs)", "min": 1})
     correct_fraction: float = field(default=0.25, metadata={"help": "share of noisy cases (lowest Dice) corrected each time", "min": 0.0, "max": 1.0})
     largest_component: bool = field(default=True, metadata={"help": "keep only the largest connected component of a correcting prediction"})
+    precise_bn: bool = field(default=True, metadata={"help": "recompute BatchNorm statistics on the training slices after every epoch (stable eval-mode predictions for correction and validation)"})
     predict_with: Literal["average", "net1", "net2"] = field(default="average", metadata={"help": "network(s) used for predictions"})
     standardize: bool = field(default=True, metadata={"help": "task standardization: unlabelled cases first get pseudo labels from a model trained on the clean ones"})
     standardize_epochs: int = field(default=0, metadata={"help": "epochs of the standardization model (0: as many as the main run)", "min": 0})
@@ -244,6 +253,7 @@ class Aide(Method):
         m, k = x.shape[0], c.views
         xs = x.repeat(k, 1, 1, 1)  # view-major: (k·m, C, H, W)
         p = sample_affine(k * m, c.rotation, flip_p=c.flip_p, generator=self.g, device=x.device)
+        net = getattr(net, "module", net)  # no DDP synchronisation for a no-grad prediction
         was = net.training
         net.eval()
         with self.ctx.autocast():
@@ -365,11 +375,30 @@ class Aide(Method):
                                 "dice_new_vs_given": round(_dice(new, given), 6)})
         return records
 
+    @torch.no_grad()
+    def recalibrate_bn(self, max_slices: int = 512, batch_size: int = 64) -> None:
+        """Recompute every network's BatchNorm running statistics as exact averages over
+        (up to ``max_slices`` evenly spaced) labelled training slices (torch's
+        ``update_bn``). With few optimiser steps per epoch the running averages lag the
+        weights, and evaluation-mode predictions swing from epoch to epoch (down to empty
+        masks); the global correction must not copy such a prediction into a label set."""
+        from torch.optim.swa_utils import update_bn
+
+        train = self.ctx.data.train
+        idx = train.indices(("clean", "noisy"))
+        if len(idx) > max_slices:
+            idx = idx[torch.linspace(0, len(idx) - 1, max_slices).round().long()]
+        batches = [train.images[idx[i:i + batch_size]].to(self.ctx.device) for i in range(0, len(idx), batch_size)]
+        for n in self.nets:
+            update_bn(batches, getattr(n, "module", n))
+
     def end_epoch(self, info: StepInfo) -> EpochReport:
         c = self.config
         for s in self.scheds:
             if s is not None:
                 s.step()
+        if c.precise_bn:
+            self.recalibrate_bn()
         metrics = {"r": consistency_ramp(info.epoch, c.warmup)}
         events = []
         if c.global_correction and correction_due(info.epoch, c.warmup, c.correct_every, c.correct_start):
@@ -452,7 +481,7 @@ class Aide(Method):
             self.g = old_g
         return from_slices(np.concatenate(parts), self.ctx.data.config.axis).astype(np.float32)
 
-    def _case_stats(self) -> dict[str, dict]:
+    def _case_stats(self, predictions: dict[str, np.ndarray] | None = None) -> dict[str, dict]:
         from ..quality.metrics import dice
 
         train = self.ctx.data.train
@@ -463,30 +492,41 @@ class Aide(Method):
         out = {}
         for ri in self.noisy_cases:
             rec = train.records[ri]
-            d = dice(final[rec.case_id], rec.label_zyx > 0)
+            given = rec.label_zyx > 0
+            d = dice(final[rec.case_id], given)
             k = self.final_label_set(ri)
-            out[rec.case_id] = {"aide_corrections": counts.get(rec.case_id, 0), "aide_dice_change": round(1.0 - d, 6),
-                                "aide_final_dice_vs_given": round(d, 6),
-                                "aide_final_set": "" if k is None else k + 1}
+            st = {"aide_corrections": counts.get(rec.case_id, 0), "aide_dice_change": round(1.0 - d, 6),
+                  "aide_final_set": "" if k is None else k + 1}
+            if predictions is not None and rec.case_id in predictions:
+                a = dice(predictions[rec.case_id] > 0.5, given)
+                st["aide_agreement"] = round(a, 6)
+                st["score"] = round(0.5 * (d + a), 6)
+            out[rec.case_id] = st
         return out
 
     def quality(self, predictions: dict[str, np.ndarray], job) -> QualityResult:
-        """Noisy cases: ``score`` = Dice(given label, final corrected label) — 1 when the
-        networks never rejected the label, low when it was replaced by something very
-        different, so heavily rejected labels are reviewed first; ``aide_corrections`` =
-        how many times it was overwritten (both networks); ``aide_dice_change`` = 1 − score.
-        Other cases keep the engine's default score. Maps: ``aide_confidence`` (w)."""
+        """Noisy cases: ``score`` = ½·Dice(given label, final corrected label) + ½·Dice(given
+        label, final prediction), i.e. how much of the given label survives what AIDE ends
+        with: low when the networks replaced it by something very different and still
+        disagree with it, so the labels the networks rejected most are reviewed first (the
+        prediction term orders the cases that were never corrected, which would all tie at
+        1 otherwise). Columns: ``aide_corrections`` (times overwritten, both networks),
+        ``aide_dice_change`` = 1 − Dice(given, corrected), ``aide_agreement`` = Dice(given,
+        prediction), ``aide_final_set``. Other cases keep the engine's default score.
+        Maps: ``aide_confidence``, the confidence weight w of the final networks' K-view
+        pseudo label, for labelled training cases and test cases."""
         from ..engine.outputs import default_quality
 
         records = {rec.case_id: (split, rec) for split, _, rec in self.ctx.data.all_records()}
         base = default_quality(records, predictions)
-        stats = self._case_stats()
+        stats = self._case_stats(predictions)
         rows = []
         for row in base.rows:
             st = stats.get(row.case)
             if st is not None:
-                rows.append(CaseQuality(row.case, st["aide_final_dice_vs_given"],
-                                        {**row.columns, "score_source": "aide_correction", **st}))
+                st = dict(st)
+                score = st.pop("score", row.score)
+                rows.append(CaseQuality(row.case, score, {**row.columns, "score_source": "aide", **st}))
             else:
                 rows.append(CaseQuality(row.case, row.score, {**row.columns, "aide_corrections": "", "aide_dice_change": ""}))
         maps: dict[str, dict[str, np.ndarray]] = {}

@@ -80,12 +80,14 @@ from ..data.transforms import resize_probabilities
 from ..nets import NetConfig, make_unet
 from . import augment
 from .base import CaseQuality, CohortSummary, EpochReport, Method, Phase, QualityResult, StepInfo
-from .common import ema_model, sigmoid_rampup
+from .common import ema_model, seg_loss, sigmoid_rampup
 from .registry import register
 
 KIND_CLEAN, KIND_NOISY, KIND_NONE = 0, 1, 2
 #: the view pattern of PLE (paper §4.5: 4×PLE = one zoom-in, two zoom-outs, one flip); Q > 4 cycles
 VIEW_PATTERN = ("zoom_in", "zoom_out", "zoom_out", "flip")
+#: per-slice statistics are averaged over visits: new = VISIT_EMA·old + (1 − VISIT_EMA)·current
+VISIT_EMA = 0.5
 
 
 @dataclass
@@ -108,6 +110,7 @@ class MetaReweightConfig(NetConfig):
     meta_batch: int = field(default=4, metadata={"help": "clean (meta set) slices per step", "min": 1})
     weight_norm: Literal["separate", "joint"] = field(default="separate", metadata={"help": "normalise each weight map to sum 1 per batch (eq. 8) or both together (reference code)"})
     weight_eps: float = field(default=1e-8, metadata={"help": "ε added to the normaliser of eq. 8", "min": 0.0})
+    meta_loss: Literal["ce", "dice_ce"] = field(default="ce", metadata={"help": "loss on the clean meta batch, both the meta objective (eq. 5: CE) and the clean supervision term; dice_ce = the project's supervised Dice + CE"})
     clean_weight: float = field(default=1.0, metadata={"help": "weight of the CE on the clean meta batch in the real update (reference code: trained on every step; 0 = eq. 9 alone)", "min": 0.0})
     # mean teacher
     ema_decay: float = field(default=0.99, metadata={"help": "teacher EMA decay", "min": 0.0, "max": 1.0})
@@ -122,9 +125,8 @@ class MetaReweightConfig(NetConfig):
     lr_decay: bool = field(default=True, metadata={"help": "learning rate × 20/(epoch+20) (reference code)"})
     clip: float = field(default=0.2, metadata={"help": "gradient norm clipping (0: off)", "min": 0.0})
     augment: bool = field(default=True, metadata={"help": "random flips of the imperfect and meta slices"})
-    warmup_epochs: int = field(default=0, metadata={"help": "epochs of plain CE on the given labels before the meta step (reference code's warm_up)", "min": 0})
+    warmup_epochs: int = field(default=0, metadata={"help": "first epochs (within the budget) of plain CE on the given labels, before the meta step (reference code's warm_up)", "min": 0})
     # outputs
-    flag_margin: float = field(default=0.1, metadata={"help": "flag a case when its label share w_label/(w_label+w_pseudo) is below 0.5 - this", "min": 0.0, "max": 0.5})
     keep_maps: bool = field(default=True, metadata={"help": "keep the last weight maps per slice (for maps/<case>/meta_weight_*.nrrd)"})
     predict_with: Literal["student", "teacher"] = field(default="student", metadata={"help": "network used for predictions (reference code: the student)"})
 
@@ -147,6 +149,18 @@ def normalise_weights(raw_n: torch.Tensor, raw_p: torch.Tensor | None, eps: floa
     return wn, wp
 
 
+def ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits ``(B, C, H, W)`` against integer labels ``(B, H, W)``
+    (the meta objective of eq. 5)."""
+    return F.cross_entropy(logits, target)
+
+
+def _dice_ce():
+    """The project's supervised loss (MONAI DiceCE) for ``(B, C, H, W)`` logits and ``(B, H, W)`` labels."""
+    loss = seg_loss()
+    return lambda logits, target: loss(logits, target[:, None])
+
+
 def _up(t: torch.Tensor) -> torch.Tensor:
     """At least float32 (half precision underflows the meta-gradient); float64 stays."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
@@ -159,7 +173,7 @@ def _buffers(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def meta_grad_lookahead(net: torch.nn.Module, params: dict[str, torch.Tensor], costs: list[torch.Tensor],
-                        x_clean: torch.Tensor, y_clean: torch.Tensor, alpha: float
+                        x_clean: torch.Tensor, y_clean: torch.Tensor, alpha: float, meta_loss=None
                         ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
     """∂L_meta/∂ε for every cost map by the literal one-step look-ahead of eqs. 4–6.
 
@@ -177,7 +191,7 @@ def meta_grad_lookahead(net: torch.nn.Module, params: dict[str, torch.Tensor], c
     grads = torch.autograd.grad(inner, [params[n] for n in names], create_graph=True, allow_unused=True)
     fast = {n: (params[n] - alpha * g if g is not None else params[n]) for n, g in zip(names, grads)}
     logits = functional_call(net, {**fast, **_buffers(net)}, (x_clean,))
-    meta = F.cross_entropy(_up(logits), y_clean)
+    meta = (meta_loss or ce_loss)(_up(logits), y_clean)
     out = torch.autograd.grad(meta, eps + [fast[n] for n in names], retain_graph=True, allow_unused=True)
     g_eps = [g if g is not None else torch.zeros_like(e) for g, e in zip(out[:len(eps)], eps)]
     g_theta = [g if g is not None else torch.zeros_like(params[n]) for g, n in zip(out[len(eps):], names)]
@@ -185,11 +199,11 @@ def meta_grad_lookahead(net: torch.nn.Module, params: dict[str, torch.Tensor], c
 
 
 def clean_gradient(net: torch.nn.Module, params: dict[str, torch.Tensor], x_clean: torch.Tensor,
-                   y_clean: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                   y_clean: torch.Tensor, meta_loss=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(L_meta, ∇θ L_meta) on the clean batch: ``functional_call`` with cloned buffers
     (train-mode BN on the batch statistics, running buffers untouched)."""
     logits = functional_call(net, {**params, **_buffers(net)}, (x_clean,))
-    meta = F.cross_entropy(_up(logits), y_clean)
+    meta = (meta_loss or ce_loss)(_up(logits), y_clean)
     g = torch.autograd.grad(meta, list(params.values()), allow_unused=True)
     return meta.detach(), [gi if gi is not None else torch.zeros_like(p) for gi, p in zip(g, params.values())]
 
@@ -340,10 +354,13 @@ class MetaReweight(Method):
             self.opt = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda e: 20.0 / (e + 20.0) if c.lr_decay else 1.0)
         self.g = ctx.generator(3)
+        self.meta_loss = ce_loss if c.meta_loss == "ce" else _dice_ce()
         self.clean = data.train.indices(("clean",))
         n, s = len(data.train), data.config.size
         self.w_label = torch.full((n,), float("nan"))
         self.w_pseudo = torch.full((n,), float("nan"))
+        self.kept_inter = torch.full((n,), float("nan"))
+        self.kept_size = torch.full((n,), float("nan"))
         self.maps_label = torch.zeros((n, s, s), dtype=torch.float16) if c.keep_maps else None
         self.maps_pseudo = torch.zeros((n, s, s), dtype=torch.float16) if c.keep_maps and c.use_pseudo else None
 
@@ -355,7 +372,8 @@ class MetaReweight(Method):
         return {"opt": self.opt, "sched": self.sched}
 
     def extra_state(self):
-        st = {"rng": self.g.get_state(), "w_label": self.w_label, "w_pseudo": self.w_pseudo}
+        st = {"rng": self.g.get_state(), "w_label": self.w_label, "w_pseudo": self.w_pseudo,
+              "kept_inter": self.kept_inter, "kept_size": self.kept_size}
         if self.maps_label is not None:
             st["maps_label"] = self.maps_label
         if self.maps_pseudo is not None:
@@ -366,6 +384,8 @@ class MetaReweight(Method):
         self.g.set_state(state["rng"])
         self.w_label = state["w_label"].clone()
         self.w_pseudo = state["w_pseudo"].clone()
+        self.kept_inter = state["kept_inter"].clone()
+        self.kept_size = state["kept_size"].clone()
         if self.maps_label is not None and "maps_label" in state:
             self.maps_label = state["maps_label"].clone()
         if self.maps_pseudo is not None and "maps_pseudo" in state:
@@ -378,10 +398,10 @@ class MetaReweight(Method):
         return self.config.ple_views + 1 if self.config.use_ple else 1
 
     def phases(self, epochs: int) -> list[Phase]:
-        ph = [Phase("train", epochs)]
-        if self.config.warmup_epochs:
-            ph.insert(0, Phase("warmup", self.config.warmup_epochs))
-        return ph
+        """The warm-up is part of the epoch budget: ``warmup`` (plain CE on the given labels,
+        as the reference code's ``warm_up``), then ``train`` for the remaining epochs."""
+        w = min(self.config.warmup_epochs, epochs - 1)
+        return ([Phase("warmup", w)] if w > 0 else []) + [Phase("train", epochs - w)]
 
     def make_batch(self, idx: torch.Tensor, phase: Phase) -> dict:
         if phase.name == "train" and self.config.views_share_batch and self.views > 1:
@@ -443,7 +463,7 @@ class MetaReweight(Method):
         meta_loss = g_clean = tangent = None
         forward_mode = c.use_meta and c.meta_grad == "forward"
         if forward_mode:  # v = ∇θ L_meta(θ) first, then one forward pass that also gives J·v
-            meta_loss, g_clean = clean_gradient(self.net, params, xm, ym)
+            meta_loss, g_clean = clean_gradient(self.net, params, xm, ym, self.meta_loss)
             logits, tangent = dual_forward(self.net, params, g_clean, xv)
         else:
             logits = self.net(xv)  # the step's one running-statistics update
@@ -452,10 +472,12 @@ class MetaReweight(Method):
         with torch.no_grad():
             fg = prob[:, 1:2]
             if k > 1:
-                avg = view_average(fg, vp, k, cov)  # (b, 1, H, W), original frame
+                avg = view_average(fg, vp, k, cov)  # (b, 1, H, W), the (flipped) slice frame
                 yp = (augment.apply(avg.repeat(k, 1, 1, 1), vp) > 0.5).long()[:, 0]
             else:
+                avg = fg
                 yp = (fg > 0.5).long()[:, 0]
+            pseudo_slice = augment.invert(avg, fl)[:, 0] > 0.5
         cost_n = F.cross_entropy(_up(logits), yv, reduction="none") * mask_n
         cost_p = F.cross_entropy(_up(logits), yp, reduction="none") if c.use_pseudo else None
 
@@ -466,15 +488,18 @@ class MetaReweight(Method):
                 g_eps = meta_grad_forward(logits, tangent, targets, c.inner_lr, masks)
             else:
                 costs = [cost_n] + ([cost_p] if c.use_pseudo else [])
-                g_eps, meta_loss, g_clean = meta_grad_lookahead(self.net, params, costs, xm, ym, c.inner_lr)
-            w_n, w_p = normalise_weights(-g_eps[0].detach() * mask_n, -g_eps[1].detach() if c.use_pseudo else None,
-                                         c.weight_eps, joint=c.weight_norm == "joint")
+                g_eps, meta_loss, g_clean = meta_grad_lookahead(self.net, params, costs, xm, ym, c.inner_lr, self.meta_loss)
+            pref_n = (-g_eps[0].detach() * mask_n).clamp(min=0)
+            pref_p = (-g_eps[1].detach()).clamp(min=0) if c.use_pseudo else torch.zeros_like(pref_n)
+            w_n, w_p = normalise_weights(pref_n, pref_p if c.use_pseudo else None, c.weight_eps,
+                                         joint=c.weight_norm == "joint")
         else:  # fixed uniform weights (Reed et al. 2014's bootstrapping with use_pseudo)
             full = mask_n.expand_as(cost_n)
             w_n = full / full.sum().clamp_min(1.0)
             w_p = torch.full_like(cost_p, 1.0 / cost_p.numel()) if cost_p is not None else None
+            pref_n, pref_p = w_n, (w_p if w_p is not None else torch.zeros_like(w_n))
             if c.clean_weight > 0:
-                meta_loss, g_clean = clean_gradient(self.net, params, xm, ym)
+                meta_loss, g_clean = clean_gradient(self.net, params, xm, ym, self.meta_loss)
 
         # eq. 9 (+ eq. 11, eq. 13): the real update, from the same forward pass
         l_w = (w_n * cost_n).sum() + ((w_p * cost_p).sum() if cost_p is not None else 0.0)
@@ -503,7 +528,7 @@ class MetaReweight(Method):
         self._apply(grads)
         self.teacher.update_parameters(self.net)
 
-        self._record(batch["index"], fl, vp, cov, k, w_n, w_p, mask_n, has_label)
+        self._record(batch["index"], fl, vp, cov, k, w_n, w_p, pref_n, pref_p, mask_n, has_label, y0 > 0, pseudo_slice)
         out["loss"] = float(loss.detach()) + (c.clean_weight * out.get("meta", 0.0))
         return out
 
@@ -523,31 +548,45 @@ class MetaReweight(Method):
         self.opt.step()
 
     @torch.no_grad()
-    def _record(self, index, fl, vp, cov, k, w_n, w_p, mask_n, has_label) -> None:
-        """Keep, per slice, the mean relative weight (1 = batch average) and its map in the
-        slice's own frame (views averaged back, base flips undone)."""
-        def rel(w, m):
-            n = m.sum().clamp_min(1.0)
-            return w * n  # weights sum to 1 over the n pixels that can carry weight
-
+    def _record(self, index, fl, vp, cov, k, w_n, w_p, pref_n, pref_p, mask_n, has_label, label, pseudo) -> None:
+        """Per slice, in the slice's own frame (views averaged back, base flips undone):
+        the weight maps (relative: 1 = the batch average), their means, and the meta
+        arbitration of the given label (see :meth:`quality`). Scalars are averaged over
+        visits with an exponential moving average (factor :data:`VISIT_EMA`)."""
         def back(w):
-            w = w[:, None]
+            w = w[:, None].float()
             if k > 1:
                 w = view_average(w, vp, k, cov)
             return augment.invert(w, fl)[:, 0]
 
+        def ema(store, i, v):
+            old = store[i]
+            store[i] = torch.where(torch.isnan(old), v, VISIT_EMA * old + (1 - VISIT_EMA) * v)
+
         idx = index.cpu()
-        rn = back(rel(w_n, mask_n.expand_as(w_n)))
         has = has_label.view(k, -1)[0].cpu()
-        mean_n = rn.mean((1, 2)).float().cpu()
-        self.w_label[idx[has]] = mean_n[has]
+        if not has.any():
+            return
+        dev_has = has.to(w_n.device)
+        rn = back(w_n * mask_n.expand_as(w_n).sum().clamp_min(1.0))  # relative weights
+        ema(self.w_label, idx[has], rn.mean((1, 2)).cpu()[has])
         if self.maps_label is not None:
-            self.maps_label[idx[has]] = rn[has.to(rn.device)].to(torch.float16).cpu()
+            self.maps_label[idx[has]] = rn[dev_has].to(torch.float16).cpu()
         if w_p is not None:
-            rp = back(rel(w_p, torch.ones_like(w_p)))
-            self.w_pseudo[idx] = rp.mean((1, 2)).float().cpu()
+            rp = back(w_p * w_p.numel())
+            ema(self.w_pseudo, idx, rp.mean((1, 2)).cpu())
             if self.maps_pseudo is not None:
                 self.maps_pseudo[idx] = rp.to(torch.float16).cpu()
+        # arbitration: the label where it agrees with the pseudo label or the meta step
+        # preferred it (its clamped meta-gradient is positive and not below the pseudo
+        # label's); the pseudo label elsewhere
+        an, ap = back(pref_n), back(pref_p)
+        lab = label[:, 0].bool()
+        keep = (lab == pseudo) | ((an > 0) & (an >= ap))
+        arb = torch.where(keep, lab, pseudo)
+        inter = (lab & arb).flatten(1).sum(1).float().cpu()
+        ema(self.kept_inter, idx[has], inter[has])
+        ema(self.kept_size, idx[has], (lab.flatten(1).sum(1) + arb.flatten(1).sum(1)).float().cpu()[has])
 
     def end_epoch(self, info: StepInfo) -> EpochReport:
         if info.phase == "train":
@@ -568,15 +607,19 @@ class MetaReweight(Method):
         return torch.softmax(net(images).float(), dim=1)
 
     def case_weights(self) -> dict[str, dict[str, float]]:
-        """Per imperfect training case: mean relative weight on its given label and on
-        the pseudo label (NaN slices, never visited, are left out)."""
+        """Per imperfect training case: mean relative weight on its given label and on the
+        pseudo label, and the label's Dice with its meta-arbitrated version (slices never
+        visited are left out)."""
         out = {}
         for rec in self.ctx.data.train.records:
             sl = torch.arange(rec.start, rec.start + rec.count)
             wl, wp = self.w_label[sl], self.w_pseudo[sl]
             row = {}
-            if (~torch.isnan(wl)).any():
-                row["meta_weight_label"] = float(wl[~torch.isnan(wl)].mean())
+            seen = ~torch.isnan(wl)
+            if seen.any():
+                row["meta_weight_label"] = float(wl[seen].mean())
+                size = float(self.kept_size[sl][seen].sum())
+                row["meta_label_kept"] = 2 * float(self.kept_inter[sl][seen].sum()) / size if size > 0 else 1.0
             if (~torch.isnan(wp)).any():
                 row["meta_weight_pseudo"] = float(wp[~torch.isnan(wp)].mean())
             if row:
@@ -584,30 +627,30 @@ class MetaReweight(Method):
         return out
 
     def quality(self, predictions, job) -> QualityResult:
-        c = self.config
+        """``score`` = ``meta_label_kept``: the Dice between the given label and its
+        meta-arbitrated version, in which every pixel where the label disagrees with the
+        model's (PLE-enhanced) pseudo label takes the label the meta step weighted more
+        (the label needs a positive weight). 1: the meta step kept the whole label; low:
+        the model's own prediction outweighed the label over much of the organ. Cases are
+        flagged by the engine (lowest ``flag_fraction``), so the review queue starts with
+        the labels the meta step trusted least. Clean (meta-set), validation and test
+        cases have no score. ``meta_weight_label`` / ``meta_weight_pseudo``: mean relative
+        weight (1 = batch average) over the case's pixels."""
         weights = self.case_weights()
         rows, maps = [], {}
         axis = self.ctx.data.config.axis
         for split, _, rec in self.ctx.data.all_records():
             cols = {"split": split, "label_kind": rec.kind}
             w = weights.get(rec.case_id) if split == "train" else None
-            if not w or "meta_weight_label" not in w:
+            if not w or "meta_label_kept" not in w:
                 cols["score_source"] = "meta_set" if rec.kind == "clean" and split == "train" else "not_reweighted"
                 cols.update(w or {})
                 rows.append(CaseQuality(rec.case_id, float("nan"), cols, flag=False))
                 continue
-            wl = w["meta_weight_label"]
-            wp = w.get("meta_weight_pseudo")
-            if wp is not None and c.use_pseudo:
-                score = wl / (wl + wp) if wl + wp > 0 else 0.5
-                flag = score < 0.5 - c.flag_margin
-                cols["score_source"] = "label_weight_share"
-            else:
-                score, flag = wl, None
-                cols["score_source"] = "label_weight"
+            cols["score_source"] = "meta_label_kept"
             cols.update(w)
-            rows.append(CaseQuality(rec.case_id, float(score), cols, flag=flag))
-            if c.keep_maps:
+            rows.append(CaseQuality(rec.case_id, float(w["meta_label_kept"]), cols, flag=None))
+            if self.config.keep_maps:
                 maps[rec.case_id] = self._case_maps(rec, axis)
         return QualityResult(rows, maps)
 

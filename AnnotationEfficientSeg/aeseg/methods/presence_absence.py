@@ -71,6 +71,7 @@ class PresenceAbsenceConfig(NetConfig):
     cycle: bool = field(default=True, metadata={"help": "A→P→A cycle-consistency loss (needs translation=both)"})
     seg_decoder: Literal["shared", "separate"] = field(default="shared", metadata={"help": "segment with the residual decoder (own norm parameters, 1×1 classifier) or a separate decoder"})
     skips: Literal["compressed", "full", "sum", "none"] = field(default="compressed", metadata={"help": "long skips: 1×1-conv-compressed + instance norm (paper), full concatenation, sum, none"})
+    skip_full_res: bool = field(default=True, metadata={"help": "also skip the full-resolution level (reference code); off: skips from every level but the first (paper text)"})
     enc_norm: Literal["instance", "layer", "batch"] = field(default="instance", metadata={"help": "encoder normalisation (paper: instance)"})
     dec_norm: Literal["layer", "instance", "batch"] = field(default="layer", metadata={"help": "decoder normalisation (paper: layer)"})
     spectral_norm: bool = field(default=True, metadata={"help": "spectral norm on all networks (paper)"})
@@ -143,7 +144,7 @@ class PresenceAbsence(Method):
         self.depth = effective_depth(c.depth, size)
         self.codec = PACodec(CodecConfig(in_channels=ctx.in_channels, features=c.features, depth=self.depth,
                                          unique_fraction=c.unique_fraction, enc_norm=c.enc_norm, dec_norm=c.dec_norm,
-                                         skips=c.skips, short_skips=c.res_units > 0, seg_decoder=c.seg_decoder,
+                                         skips=c.skips, skip_full_res=c.skip_full_res, short_skips=c.res_units > 0, seg_decoder=c.seg_decoder,
                                          spectral=c.spectral_norm)).to(ctx.device)
         self.weights = loss_weights(c)
         betas = (c.beta1, 0.999)
@@ -162,7 +163,6 @@ class PresenceAbsence(Method):
             self.seg_loss = DiceLoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
         else:
             self.seg_loss = seg_loss()
-        self.g = ctx.generator(6)
         train = ctx.data.train
         self.present = train.indices(None, "present")
         self.absent = train.indices(None, "absent")
@@ -184,12 +184,6 @@ class PresenceAbsence(Method):
         if self.opt_d is not None:
             o["d"] = self.opt_d
         return o
-
-    def extra_state(self):
-        return {"rng": self.g.get_state()}
-
-    def load_extra_state(self, state):
-        self.g.set_state(state["rng"])
 
     # --- batches ---------------------------------------------------------------------
     def train_indices(self, phase: Phase) -> torch.Tensor:

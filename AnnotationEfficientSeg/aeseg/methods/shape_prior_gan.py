@@ -227,6 +227,7 @@ class ShapePriorGanConfig(NetConfig):
     lqss_percentile: float = field(default=75.0, metadata={"help": "LQSS: percent of the training cases kept (the best-scored ones)", "min": 1.0, "max": 100.0})
     rounds: int = field(default=4, metadata={"help": "rounds K of iterative training (0: stop after the CycleGAN, G_A predicts)", "min": 0, "max": 20})
     early_stop: bool = field(default=True, metadata={"help": "skip the remaining rounds when a round does not improve validation Dice"})
+    stage1_from: str = field(default="", metadata={"help": "job folder whose trained stage 1 (VAE, CycleGAN, DGCC; same settings) is reused: only the rounds run"})
     # schedule (0: the engine's epochs)
     vae_epochs: int = field(default=0, metadata={"help": "VAE pretraining epochs over the auxiliary masks (0: engine epochs)", "min": 0})
     gan_epochs: int = field(default=0, metadata={"help": "CycleGAN epochs (0: engine epochs)", "min": 0})
@@ -288,7 +289,7 @@ class ShapePriorGan(Method):
     @classmethod
     def unsupported_reason(cls, s: CohortSummary, config: ShapePriorGanConfig | None = None) -> str | None:
         prior = config.shape_prior if config is not None else "aux_masks"
-        if prior == "aux_masks" and s.aux_masks == 0:
+        if prior == "aux_masks" and s.aux_masks == 0 and not (config is not None and config.stage1_from):
             return "needs auxiliary masks in aux_masks/ (unpaired masks of the target) or shape_prior=ellipse"
         return None
 
@@ -463,9 +464,10 @@ class ShapePriorGan(Method):
         c = self.config
         self._gan_epochs = c.gan_epochs or epochs
         out = []
-        if c.vae_discriminator:
-            out.append(Phase("vae", c.vae_epochs or epochs))
-        out.append(Phase("cyclegan", self._gan_epochs))
+        if not c.stage1_from:
+            if c.vae_discriminator:
+                out.append(Phase("vae", c.vae_epochs or epochs))
+            out.append(Phase("cyclegan", self._gan_epochs))
         out += [Phase(f"round{k}", c.round_epochs or epochs) for k in range(1, self.n_rounds + 1)]
         return out
 
@@ -484,7 +486,28 @@ class ShapePriorGan(Method):
         self.stage.value.fill_(1)
         _set_grad([self.G_A, self.G_B, self.D_A, self.D_B, self.dgcc, self.D_V], False)
         if self.pseudo is None:
+            if self.config.stage1_from:
+                self._load_stage1(self.config.stage1_from)
             self._start_stage2()
+
+    def _load_stage1(self, job_dir: str) -> None:
+        """Stage-1 networks from another job's last checkpoint (trained with the same settings)."""
+        from pathlib import Path
+
+        path = Path(job_dir).expanduser() / "checkpoints" / "last.pt"
+        if not path.is_file():
+            raise ConfigError(f"stage1_from: {path} not found; give a job folder of shape_prior_gan that finished its CycleGAN phase")
+        state = torch.load(path, map_location="cpu", weights_only=True)["modules"]
+        for name, m in self.modules().items():
+            if name in ("seg", "stage"):
+                continue
+            if name not in state:
+                raise ConfigError(f"stage1_from: {job_dir} has no '{name}' network (trained with other switches)")
+            try:
+                self._raw(m).load_state_dict(state[name])
+            except RuntimeError as e:
+                raise ConfigError(f"stage1_from: {job_dir}: '{name}' does not match this configuration "
+                                  f"(network sizes differ): {str(e).splitlines()[0]}") from None
 
     def _start_stage2(self) -> None:
         """G_A's pseudo labels for every training slice (round 0) and LQSS (eq. 9)."""

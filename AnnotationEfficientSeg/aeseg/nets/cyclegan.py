@@ -19,15 +19,22 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from monai.networks.blocks import Convolution, ResidualUnit
+from monai.networks.blocks import Convolution, ResidualUnit, UpSample
 from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
 _ACT = ("leakyrelu", {"negative_slope": 0.2})
 
 
-def _conv(cin: int, cout: int, stride: int = 1, transposed: bool = False) -> Convolution:
-    return Convolution(2, cin, cout, strides=stride, kernel_size=3, act=_ACT, norm="INSTANCE", is_transposed=transposed)
+def _conv(cin: int, cout: int, stride: int = 1) -> Convolution:
+    return Convolution(2, cin, cout, strides=stride, kernel_size=3, act=_ACT, norm="INSTANCE")
+
+
+def _up(cin: int, cout: int) -> nn.Sequential:
+    """×2 nearest-neighbour up-sampling then a 3×3 convolution (no checkerboard artefacts,
+    unlike a stride-2 transposed convolution)."""
+    return nn.Sequential(UpSample(2, scale_factor=2, mode="nontrainable", interp_mode="nearest", align_corners=None),
+                         _conv(cin, cout))
 
 
 def calibrate(u: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
@@ -58,7 +65,7 @@ class ResUNetGenerator(nn.Module):
         ])
         self.bottleneck = nn.Sequential(*[ResidualUnit(2, 8 * f, 8 * f, subunits=2, act=_ACT, norm="INSTANCE")
                                           for _ in range(int(res_blocks))])
-        self.up = nn.ModuleList([_conv(8 * f, 4 * f, 2, True), _conv(4 * f, 2 * f, 2, True), _conv(2 * f, f, 2, True)])
+        self.up = nn.ModuleList([_up(8 * f, 4 * f), _up(4 * f, 2 * f), _up(2 * f, f)])
         self.fuse = nn.ModuleList([_conv(8 * f, 4 * f), _conv(4 * f, 2 * f), _conv(2 * f, f)])
         self.head = Convolution(2, f, out_channels, kernel_size=1, conv_only=True)
         self.out_activation = out_activation

@@ -182,26 +182,28 @@ class Decoder(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, features: int, depth: int, kernel: int = 3,
                  norm: str = "layer", skips: str = "compressed", short_skips: bool = False, modes: int = 1,
-                 classes: int | None = None, out_kernel: int | None = None):
+                 classes: int | None = None, out_kernel: int | None = None, skip_full_res: bool = True):
         super().__init__()
         if skips not in ("compressed", "full", "sum", "none"):
             raise ValueError(f"unknown long skip type '{skips}'")
         self.skip_kind = skips
         ch = [features * 2**i for i in range(depth)]  # encoder channels per level
         self.levels = list(range(depth - 2, -1, -1))  # decoder block i ends at encoder level levels[i]
+        self.skip_at = [skips != "none" and (lvl > 0 or skip_full_res) for lvl in self.levels]
         self.blocks = nn.ModuleList()
-        self.compress = nn.ModuleList()
+        self.compress = nn.ModuleDict()
         cin = in_channels
         for i, lvl in enumerate(self.levels):
             cout = ch[lvl]
             self.blocks.append(NRC(cin, cout, kernel, norm, modes, up=True, pre=i > 0, short_skip=short_skips and i > 0))
+            cin = cout
+            if not self.skip_at[i]:
+                continue
             if skips == "compressed":
-                self.compress.append(nn.Sequential(conv(ch[lvl], 1, 1), make_norm("instance", 1)))
+                self.compress[str(lvl)] = nn.Sequential(conv(ch[lvl], 1, 1), make_norm("instance", 1))
                 cin = cout + 1
             elif skips == "full":
                 cin = cout + ch[lvl]
-            else:
-                cin = cout
         self.out_norm = SwitchNorm(norm, cin, modes)
         self.out_conv = conv(cin, out_channels, out_kernel or kernel)
         self.classifier = conv(cin, classes, 1) if (modes > 1 and classes) else None
@@ -215,8 +217,10 @@ class Decoder(nn.Module):
         h = z
         for i, (block, lvl) in enumerate(zip(self.blocks, self.levels)):
             h = block(h, mode, size=sizes[lvl])
+            if not self.skip_at[i]:
+                continue
             if self.skip_kind == "compressed":
-                h = torch.cat([h, self.compress[i](skips[lvl])], dim=1)
+                h = torch.cat([h, self.compress[str(lvl)](skips[lvl])], dim=1)
             elif self.skip_kind == "full":
                 h = torch.cat([h, skips[lvl]], dim=1)
             elif self.skip_kind == "sum":
@@ -238,6 +242,7 @@ class CodecConfig:
     enc_norm: str = "instance"
     dec_norm: str = "layer"
     skips: str = "compressed"
+    skip_full_res: bool = True
     short_skips: bool = True
     seg_decoder: Literal["shared", "separate"] = "shared"
     spectral: bool = True
@@ -261,15 +266,14 @@ class PACodec(nn.Module):
         self.n_unique = max(1, min(bottleneck - 1, int(round(cfg.unique_fraction * bottleneck))))
         n_common = bottleneck - self.n_unique
         self.encoder = Encoder(cfg.in_channels, cfg.features, cfg.depth, self.n_unique, cfg.enc_norm, cfg.short_skips)
-        self.common = Decoder(n_common, cfg.in_channels, cfg.features, cfg.depth, 3, cfg.dec_norm, cfg.skips,
-                              short_skips=cfg.short_skips)
+        kw = {"skips": cfg.skips, "skip_full_res": cfg.skip_full_res, "norm": cfg.dec_norm}
+        self.common = Decoder(n_common, cfg.in_channels, cfg.features, cfg.depth, 3, short_skips=cfg.short_skips, **kw)
         shared = cfg.seg_decoder == "shared"
-        self.residual_dec = Decoder(bottleneck, cfg.in_channels, cfg.features, cfg.depth, 5, cfg.dec_norm, cfg.skips,
-                                    modes=2 if shared else 1, classes=cfg.classes if shared else None)
+        self.residual_dec = Decoder(bottleneck, cfg.in_channels, cfg.features, cfg.depth, 5,
+                                    modes=2 if shared else 1, classes=cfg.classes if shared else None, **kw)
         self.segmenter: Decoder | None = None
         if not shared:
-            self.segmenter = Decoder(bottleneck, cfg.classes, cfg.features, cfg.depth, 5, cfg.dec_norm, cfg.skips,
-                                     out_kernel=1)
+            self.segmenter = Decoder(bottleneck, cfg.classes, cfg.features, cfg.depth, 5, out_kernel=1, **kw)
         if cfg.spectral:
             keep = {id(self.residual_dec.classifier)}
             if self.segmenter is not None:

@@ -1,0 +1,151 @@
+"""Benchmark plan for ``shape_prior_gan`` (seed 000) on ``ellipse_us`` and ``organ_ct``.
+
+Neither task has a training label, so the harness's noisy and clean-only baselines do
+not apply; the reference is the oracle (the same U-Net trained on the true labels).
+Reported (in ``extra``):
+
+- ``stage1``: Dice (vs the truth) of the generator G_A's pseudo labels on the training
+  images and on the test images for each stage-1 variant: baseline CycleGAN, + VAE-D,
+  + DGCC, + VAE-D + DGCC (the main run's round-0 labels). The variants are ablation
+  runs with ``rounds=0`` (G_A is the final model).
+- ``stage2``: test Dice of the paper's Table IV/VI rows, each reusing the main run's
+  stage 1 (``stage1_from``): U-Net (baseline: all pseudo labels, Dice, once), U-Net
+  (LQSS), U-Net (LQSS + IT), U-Net (LQSS + IT + wDice) = the main run; plus the oracle.
+- ``rounds``: per round, the validation Dice and the Dice of the training pseudo labels.
+- ``triage``: mean true Dice of G_A's pseudo labels of LQSS-accepted vs rejected
+  training cases, and the Spearman correlation of the LQSS score with that Dice.
+- ``round_step``: seconds per step of the iterative-training phase ÷ supervised (the
+  harness's ``step_time`` times the CycleGAN phase).
+"""
+
+from __future__ import annotations
+
+import json
+
+from harness import Plan, Variant, mean_sd
+
+# Network and schedule sizes per profile: small on CPU (quick), closer to the paper (full).
+_SIZES = {
+    "quick": {"data.size": 48, "gan_features": 16, "d_features": 32, "gan_res_blocks": 3, "vae_features": 8,
+              "engine.batch_size": 4, "vae_epochs": 6, "gan_epochs": 24, "round_epochs": 20, "rounds": 4, "gan_lr": 5e-4},
+    "full": {"data.size": 96, "gan_features": 32, "d_features": 64, "gan_res_blocks": 6, "vae_features": 16,
+             "engine.batch_size": 4, "vae_epochs": 20, "gan_epochs": 100, "round_epochs": 40, "rounds": 5, "gan_lr": 2e-4},
+}
+_PRIOR = {
+    "ellipse_us": {"shape_prior": "ellipse", "ellipse_preset": "phantom"},
+    "organ_ct": {"shape_prior": "aux_masks"},
+}
+_STAGE1 = {
+    "gan_baseline": {"vae_discriminator": False, "dgcc": False},
+    "gan_vae": {"vae_discriminator": True, "dgcc": False},
+    "gan_dgcc": {"vae_discriminator": False, "dgcc": True},
+}
+_STAGE2 = {
+    "unet_baseline": {"lqss": False, "iterative": False, "weighted_dice": False},
+    "unet_lqss": {"lqss": True, "iterative": False, "weighted_dice": False},
+    "unet_lqss_it": {"lqss": True, "iterative": True, "weighted_dice": False},
+}
+
+
+def plan(profile: str, task: str, setting: str | None) -> Plan:
+    if task not in _PRIOR:
+        raise SystemExit(f"shape_prior_gan benchmarks: task must be ellipse_us or organ_ct, not {task}")
+    main = {**_SIZES[profile], **_PRIOR[task]}
+    ablations = [Variant(name, {**main, **ov, "rounds": 0}) for name, ov in _STAGE1.items()]
+    return Plan(overrides=main, ablations=ablations, baselines=("oracle",), gap_reference="oracle",
+                timing_phase=1, extra=_extra)
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def _truths(b, split: str) -> dict:
+    from aeseg.cohort.manifest import load_cohort
+    from aeseg.cohort.reading import read_label
+
+    co = load_cohort(b.workdir / "cohort")
+    return {c.case_id: read_label(c.truth)[0] for c in co.cases if c.split == split and c.truth is not None}
+
+
+def _dice_folder(folder, truths: dict) -> dict:
+    from aeseg.cohort.reading import read_label
+    from aeseg.quality.metrics import dice
+
+    return {cid: dice(read_label(folder / f"{cid}.seg.nrrd")[0] > 0, t > 0) for cid, t in truths.items()}
+
+
+def _extra(b, result: dict) -> dict:
+    from scipy.stats import spearmanr
+
+    from aeseg.quality.table import read_quality_csv
+
+    main = b.runs["method"]
+    train_t, test_t = _truths(b, "train"), _truths(b, "test")
+    out: dict = {}
+
+    # stage 1: G_A's pseudo labels per variant
+    stage1 = {}
+    for name in _STAGE1:
+        r = b.runs.get(f"ablation_{name}")
+        if r is not None:
+            stage1[name] = {"train_pseudo_label_dice": mean_sd(list(_dice_folder(r.job / "pseudo_labels", train_t).values())),
+                            "test_dice": r.test_dice}
+    round0 = _dice_folder(main.job / "pseudo_labels" / "round0", train_t)
+    stage1["gan_vae_dgcc"] = {"train_pseudo_label_dice": mean_sd(list(round0.values())), "test_dice": None}
+    out["stage1"] = stage1
+
+    # stage 2 rows, reusing the main run's stage 1
+    overrides = dict(b.plan.overrides)
+    stage2 = {}
+    for name, ov in _STAGE2.items():
+        r = b.run(f"stage2_{name}", b.method, {**overrides, **ov, "stage1_from": str(main.job)})
+        stage2[name] = r.test_dice
+    stage2["unet_lqss_it_wdice"] = main.test_dice
+    stage2["oracle"] = b.runs["oracle"].test_dice
+    out["stage2"] = stage2
+    out["oracle_minus_method"] = round(b.runs["oracle"].test_dice["mean"] - main.test_dice["mean"], 4)
+
+    # rounds: validation Dice and training pseudo-label Dice
+    rounds = []
+    k = 0
+    while (main.job / "pseudo_labels" / f"round{k}").is_dir():
+        d = _dice_folder(main.job / "pseudo_labels" / f"round{k}", train_t)
+        rounds.append({"round": k, "train_pseudo_label_dice": mean_sd(list(d.values()))})
+        k += 1
+    for line in (main.job / "events.jsonl").read_text().splitlines():
+        e = json.loads(line)
+        if e.get("type") == "epoch" and "round_val_dice" in e:
+            k = int(e["round"])
+            if k < len(rounds):
+                rounds[k]["val_dice"] = round(e["round_val_dice"], 4)
+    out["rounds"] = rounds
+
+    # triage: LQSS on G_A's pseudo labels
+    rows = {r["case"]: r for r in read_quality_csv(main.job / "quality.csv")}
+    ids = [c for c in round0 if c in rows]
+    acc = [round0[c] for c in ids if rows[c]["lqss_accepted"] == "true"]
+    rej = [round0[c] for c in ids if rows[c]["lqss_accepted"] != "true"]
+    scores = [rows[c]["score"] for c in ids]
+    final = _dice_folder(main.job / "pseudo_labels", {c: train_t[c] for c in ids})
+    out["triage"] = {
+        "n": len(ids), "accepted": mean_sd(acc), "rejected": mean_sd(rej),
+        "spearman_score_vs_round0_dice": round(float(spearmanr(scores, [round0[c] for c in ids]).statistic), 4) if len(ids) > 2 else None,
+        "spearman_score_vs_final_dice": round(float(spearmanr(scores, [final[c] for c in ids]).statistic), 4) if len(ids) > 2 else None,
+    }
+
+    # step times. The harness times ``supervised labels=all`` on the training cohort, which
+    # has no label here (empty batches): time it on the oracle cohort instead (same
+    # images, same batch size) for both the CycleGAN phase and a round.
+    oracle_cohort = b.workdir / "cohort_oracle"
+    t_sup = b.step_times("supervised", {"labels": "clean"}, cohort=oracle_cohort)
+    t_gan = b.step_times(b.method, overrides, phase_index=b.plan.timing_phase)
+    t_round = b.step_times(b.method, {**overrides, "stage1_from": str(main.job)}, phase_index=0)
+    t_sup2 = b.step_times("supervised", {"labels": "clean"}, cohort=oracle_cohort)
+    sup = (t_sup + t_sup2) / 2
+    out["harness_step_time_on_unlabelled_cohort"] = result.get("step_time")
+    result["step_time"] = {"method_s": round(t_gan, 4), "supervised_s": round(sup, 4), "ratio": round(t_gan / sup, 3),
+                           "phase": "cyclegan"}
+    out["round_step"] = {"method_s": round(t_round, 4), "supervised_s": round(sup, 4), "ratio": round(t_round / sup, 3),
+                         "phase": "round1"}
+    out["test_dice_per_case"] = {"method": main.per_case, "oracle": b.runs["oracle"].per_case}
+    return out
