@@ -23,8 +23,8 @@ Per iteration, **local label filtering**:
 Per epoch, **global label correction**: when epoch ≤ ``warmup`` or epoch is a multiple
 of ``correct_every`` (1-based epochs; none before ``correct_start``, which is 1 in the
 paper but should be later when an epoch is only a few optimiser steps, since a network
-that has barely trained cannot correct anything), each network predicts every noisy training case
-(argmax, optionally its largest connected component over the case's slices), computes
+that has barely trained cannot correct anything), each network predicts every noisy
+training case (argmax, optionally its largest connected component over the case's slices), computes
 the case Dice against the label set its peer trains on, and overwrites the
 ``correct_fraction`` of noisy cases with the lowest Dice by its prediction. A "case" is
 a 2D image or all slices of a volume (the paper corrects per image of its 2D data; the
@@ -49,6 +49,8 @@ Deviations, all documented and switchable where they matter:
   into the labels. Not in the paper (its epochs are ~10× longer); off = as published;
 - ``augment`` adds the project's random flips of the training batch (image and both
   label sets alike), as the supervised baseline does; the code trains unaugmented;
+- ``trust_clean``: expert-labelled slices always count as clean in the exchange (the
+  code ranks them like any other slice); off = as published;
 - the lowest ``correct_fraction`` is taken among *noisy* cases (the code ranks all cases
   and then skips expert ones, so fewer noisy cases are corrected).
 
@@ -512,7 +514,8 @@ class Aide(Method):
         prediction term orders the cases that were never corrected, which would all tie at
         1 otherwise). Columns: ``aide_corrections`` (times overwritten, both networks),
         ``aide_dice_change`` = 1 − Dice(given, corrected), ``aide_agreement`` = Dice(given,
-        prediction), ``aide_final_set``. Other cases keep the engine's default score.
+        prediction), ``aide_final_set``. ``flag``: the lowest ``correct_fraction`` of the
+        noisy cases. Other cases keep the engine's default score and flagging.
         Maps: ``aide_confidence``, the confidence weight w of the final networks' K-view
         pseudo label, for labelled training cases and test cases."""
         from ..engine.outputs import default_quality
@@ -520,13 +523,19 @@ class Aide(Method):
         records = {rec.case_id: (split, rec) for split, _, rec in self.ctx.data.all_records()}
         base = default_quality(records, predictions)
         stats = self._case_stats(predictions)
+        # flag the share of noisy cases the networks rejected most (the same share the
+        # global correction rewrites each time); other cases: the engine's flagging
+        noisy_scores = sorted((st.get("score", 1.0), cid) for cid, st in stats.items())
+        n_flag = int(math.ceil(self.config.correct_fraction * len(noisy_scores)))
+        flagged = {cid for _, cid in noisy_scores[:n_flag]}
         rows = []
         for row in base.rows:
             st = stats.get(row.case)
             if st is not None:
                 st = dict(st)
                 score = st.pop("score", row.score)
-                rows.append(CaseQuality(row.case, score, {**row.columns, "score_source": "aide", **st}))
+                rows.append(CaseQuality(row.case, score, {**row.columns, "score_source": "aide", **st},
+                                        flag=row.case in flagged))
             else:
                 rows.append(CaseQuality(row.case, row.score, {**row.columns, "aide_corrections": "", "aide_dice_change": ""}))
         maps: dict[str, dict[str, np.ndarray]] = {}

@@ -240,23 +240,23 @@ class PresenceAbsence(Method):
                 u_prior, delta = None, self.codec.residual(code.select(slice(0, n)))
             x_pp = x_pa + delta[:n]
             x_ap = x_aa + delta[n:] if both else None
-            # latent reconstruction (Eq. 9): re-encode what was generated
-            gen = [x_pp, x_aa] + ([x_pa] if c.translation != "none" else []) + ([x_ap] if both else [])
-            re = self.codec.encode(torch.cat(gen))
-            c_p, u_p, c_a = code.common[:n], code.unique[:n], code.common[n:2 * n]
-            lat = (F.l1_loss(re.common[:n], c_p) + F.l1_loss(re.unique[:n], u_p)
-                   + F.l1_loss(re.common[n:2 * n], c_a))
-            j = 2 * n
-            if c.translation != "none":
-                lat = lat + F.l1_loss(re.common[j:j + n], c_p)
-                j += n
-            if both:
-                lat = lat + F.l1_loss(re.common[j:j + n], c_a) + F.l1_loss(re.unique[j:j + n], u_prior)
-            losses["lat"] = lat
+            if "lat" in w or "cyc" in w:  # latent reconstruction (Eq. 9): re-encode what was generated
+                gen = [x_pp, x_aa] + ([x_pa] if c.translation != "none" else []) + ([x_ap] if both else [])
+                re = self.codec.encode(torch.cat(gen))
+                c_p, u_p, c_a = code.common[:n], code.unique[:n], code.common[n:2 * n]
+                lat = (F.l1_loss(re.common[:n], c_p) + F.l1_loss(re.unique[:n], u_p)
+                       + F.l1_loss(re.common[n:2 * n], c_a))
+                j = 2 * n
+                if c.translation != "none":
+                    lat = lat + F.l1_loss(re.common[j:j + n], c_p)
+                    j += n
+                if both:
+                    lat = lat + F.l1_loss(re.common[j:j + n], c_a) + F.l1_loss(re.unique[j:j + n], u_prior)
+                losses["lat"] = lat
+                if "cyc" in w:
+                    x_apa = self.codec.absence(re.select(slice(j, j + n)))
+                    losses["cyc"] = F.l1_loss(x_apa, x_a)  # Eq. (10)
             losses["rec"] = F.l1_loss(x_pp, x_p) + F.l1_loss(x_aa, x_a)  # Eq. (8)
-            if "cyc" in w:
-                x_apa = self.codec.absence(re.select(slice(j, j + n)))
-                losses["cyc"] = F.l1_loss(x_apa, x_a)  # Eq. (10)
             if len(seg_idx):
                 logits = self.codec.segment(code.select(seg_idx))
                 losses["seg"] = self.seg_loss(logits.float(), y[seg_idx])  # Eq. (7)
@@ -277,8 +277,9 @@ class PresenceAbsence(Method):
             losses["adv"] = l_g
             out["disc"] = float(l_d.detach())
         total = sum(w[name] * v for name, v in losses.items() if name in w)
-        self.ctx.optimize(total, self.opt_g)
-        out["loss"] = float(total.detach())
+        if torch.is_tensor(total):  # (no active objective in this batch: nothing to learn from)
+            self.ctx.optimize(total, self.opt_g)
+        out["loss"] = float(total.detach()) if torch.is_tensor(total) else float(total)
         out.update({name: float(v.detach()) for name, v in losses.items()})
         return out
 

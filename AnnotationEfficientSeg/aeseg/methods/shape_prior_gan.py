@@ -48,9 +48,12 @@ Where this deviates from the paper (and why):
   epochs assumes ~10^5 generator steps; CPU-sized runs have a few hundred, so the
   default is CycleGAN's 2e-4, constant for ``gan_constant_fraction`` of the GAN epochs
   (1/3 as in 50 + 100), then linearly decayed to 0;
-- model selection: the engine keeps the weights with the best validation Dice
-  (``engine.final=best``); which network predicts (G_A during stage 1, the U-Net from
-  round 1) is stored with the weights, so the final model is the best one seen;
+- model selection on the validation cases (the paper picks the number of rounds on its
+  validation set): the pseudo labels come from the CycleGAN epoch with the best
+  validation Dice (``gan_select_best``; a GAN's quality oscillates between epochs), and
+  the engine keeps the weights with the best validation Dice (``engine.final=best``);
+  which network predicts (G_A during stage 1, the U-Net from round 1) is stored with the
+  weights, so the final model is the best one seen, G_A included;
 - the noise weights ``w = 1 − |p − g|`` are treated as constants (no gradient through
   ``w``), as loss re-weighting usually is; the paper does not say;
 - no image history pool and no identity loss (the paper does not mention them; the
@@ -225,6 +228,7 @@ class ShapePriorGanConfig(NetConfig):
     beta_scale: float = field(default=1.0, metadata={"help": "multiplier on the calibration coefficients β (0: no calibration)", "min": 0.0})
     # stage 2
     lqss_percentile: float = field(default=75.0, metadata={"help": "LQSS: percent of the training cases kept (the best-scored ones)", "min": 1.0, "max": 100.0})
+    gan_select_best: bool = field(default=True, metadata={"help": "pseudo labels from the CycleGAN epoch with the best validation Dice (else the last epoch)"})
     rounds: int = field(default=4, metadata={"help": "rounds K of iterative training (0: stop after the CycleGAN, G_A predicts)", "min": 0, "max": 20})
     early_stop: bool = field(default=True, metadata={"help": "skip the remaining rounds when a round does not improve validation Dice"})
     stage1_from: str = field(default="", metadata={"help": "job folder whose trained stage 1 (VAE, CycleGAN, DGCC; same settings) is reused: only the rounds run"})
@@ -336,6 +340,8 @@ class ShapePriorGan(Method):
         self.alpha: float | None = None
         self.round_val: list[float] = []
         self.stopped = False
+        self.gan_best, self.gan_best_epoch = -1.0, 0
+        self._gan_best_state: dict | None = None  # G_A, D_B, DGCC weights of the best CycleGAN epoch
 
     # --- helpers ----------------------------------------------------------------------
     @staticmethod
@@ -443,7 +449,8 @@ class ShapePriorGan(Method):
         return {"rng": self.g.get_state(), "pseudo": None if self.pseudo is None else _pack(self.pseudo),
                 "pseudo_shape": None if self.pseudo is None else list(self.pseudo.shape),
                 "round_labels": list(self.round_labels), "case_score": self.case_score, "accepted": self.accepted,
-                "alpha": self.alpha, "round_val": list(self.round_val), "stopped": self.stopped}
+                "alpha": self.alpha, "round_val": list(self.round_val), "stopped": self.stopped,
+                "gan_best": self.gan_best, "gan_best_epoch": self.gan_best_epoch, "gan_best_state": self._gan_best_state}
 
     def load_extra_state(self, state):
         self.g.set_state(state["rng"])
@@ -453,6 +460,9 @@ class ShapePriorGan(Method):
         self.alpha = state.get("alpha")
         self.round_val = list(state.get("round_val", []))
         self.stopped = bool(state.get("stopped", False))
+        self.gan_best = float(state.get("gan_best", -1.0))
+        self.gan_best_epoch = int(state.get("gan_best_epoch", 0))
+        self._gan_best_state = state.get("gan_best_state")
 
     def train_mode(self, training: bool) -> None:
         super().train_mode(training)
@@ -509,9 +519,17 @@ class ShapePriorGan(Method):
                 raise ConfigError(f"stage1_from: {job_dir}: '{name}' does not match this configuration "
                                   f"(network sizes differ): {str(e).splitlines()[0]}") from None
 
+    def _stage1_nets(self) -> dict[str, nn.Module]:
+        """The networks stage 2 uses: G_A, D_B (LQSS) and DGCC."""
+        return {k: m for k, m in (("G_A", self.G_A), ("D_B", self.D_B), ("dgcc", self.dgcc)) if m is not None}
+
     def _start_stage2(self) -> None:
         """G_A's pseudo labels for every training slice (round 0) and LQSS (eq. 9)."""
         train = self.ctx.data.train
+        if self._gan_best_state is not None:
+            for k, m in self._stage1_nets().items():
+                self._raw(m).load_state_dict(self._gan_best_state[k])
+            self._gan_best_state = None  # now in the live networks (and so in every later checkpoint)
         prob, _, r_slice = self._ga_slices(train.images)
         self.pseudo = (prob > 0.5).to(torch.uint8)
         self.round_labels = [_pack(self.pseudo[:, 0])]
@@ -623,11 +641,28 @@ class ShapePriorGan(Method):
         if info.phase == "cyclegan":
             self.sched_g.step()
             self.sched_d.step()
-            return EpochReport({"gan_lr": self.opt_g.param_groups[0]["lr"]})
+            return EpochReport(self._select_gan_epoch(info))
         k = self._round_of(info.phase)
         if k == 0 or self.stopped or info.epoch != info.epochs - 1:
             return EpochReport()
         return self._end_round(k)
+
+    def _select_gan_epoch(self, info: StepInfo) -> dict[str, float]:
+        """Validation Dice of G_A after a CycleGAN epoch; keep the best epoch's stage-1 weights."""
+        metrics = {"gan_lr": self.opt_g.param_groups[0]["lr"]}
+        data = self.ctx.data
+        if not self.config.gan_select_best or not len(data.val.records) or self.n_rounds == 0:
+            return metrics
+        from ..engine.loop import validate
+
+        vd = validate(self, data, self.ctx.device)
+        metrics["gan_val_dice"] = vd
+        if vd > self.gan_best:
+            self.gan_best, self.gan_best_epoch = vd, info.epoch + 1
+            self._gan_best_state = {k: {n: t.detach().cpu().clone() for n, t in self._raw(m).state_dict().items()}
+                                    for k, m in self._stage1_nets().items()}
+        metrics["gan_best_epoch"] = float(self.gan_best_epoch)
+        return metrics
 
     def _end_round(self, k: int) -> EpochReport:
         """After round k: validation Dice, new pseudo labels (iterative training), early stop."""
