@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import run_benchmark  # noqa: E402
+from harness import PROFILES, run_benchmark  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -26,7 +26,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="CPU threads per process (0: PyTorch default); 1 lets two benchmarks share 2 cores fairly")
     a = ap.parse_args(argv)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+        PROFILES[a.profile]["engine.threads"] = a.threads
     run_benchmark(a.method, a.task, a.profile, a.setting, a.noise, a.seed, not a.no_ablations, a.out)
     return 0
 

@@ -123,10 +123,10 @@ def _triage(bench, run) -> dict:
         flags.append(rows[c.case_id]["flag"])
     if len(scores) < 3:
         return {"n": len(scores)}
-    rho = spearmanr(scores, truths).statistic
+    rho = spearmanr(scores, truths).statistic if len(set(scores)) > 1 and len(set(truths)) > 1 else float("nan")
     flagged = np.asarray(flags, bool)
     t = np.asarray(truths)
-    return {"n": len(scores), "spearman_score_vs_pseudo_label_dice": round(float(rho), 4),
+    return {"n": len(scores), "spearman_score_vs_pseudo_label_dice": round(float(rho), 4) if np.isfinite(rho) else None,
             "n_flagged": int(flagged.sum()),
             "mean_dice_flagged": round(float(t[flagged].mean()), 4) if flagged.any() else None,
             "mean_dice_unflagged": round(float(t[~flagged].mean()), 4) if (~flagged).any() else None}

@@ -438,6 +438,8 @@ class MetaReweight(Method):
         return self._meta_step(batch, info)
 
     def _warmup_step(self, batch: dict) -> dict[str, float]:
+        """Warm-up (reference code's ``warm_up``): plain CE on the given labels of the
+        imperfect batch and on the clean meta batch, no meta step."""
         fl, mfl = self._flips(len(batch["image"])), self._flips(len(batch["meta_image"]))
         x = torch.cat([augment.apply(batch["image"], fl), augment.apply(batch["meta_image"], mfl)])
         y = torch.cat([augment.apply(batch["label"], fl, mode="nearest"), augment.apply(batch["meta_label"], mfl, mode="nearest")])[:, 0]

@@ -80,7 +80,7 @@ class PresenceAbsenceConfig(NetConfig):
     lambda_lat: float = field(default=1.0, metadata={"help": "relative weight of latent reconstruction", "min": 0.0})
     lambda_cyc: float = field(default=50.0, metadata={"help": "relative weight of the cycle loss", "min": 0.0})
     lambda_seg: float = field(default=0.01, metadata={"help": "relative weight of segmentation (paper: 0.01 at 1 % annotations, 10/100/1000 at 10/20/100 %)", "min": 0.0})
-    seg_loss: Literal["dice", "dice_ce"] = field(default="dice", metadata={"help": "soft Dice (paper) or Dice + cross-entropy"})
+    seg_loss: Literal["dice", "dice_ce"] = field(default="dice", metadata={"help": "soft Dice (paper) or Dice + cross-entropy (soft Dice alone can stall at all-foreground in short runs)"})
     lr: float = field(default=1e-4, metadata={"help": "AMSGrad learning rate (paper 1e-4, reference code 1e-3)", "min": 0.0})
     beta1: float = field(default=0.5, metadata={"help": "AMSGrad β1", "min": 0.0, "max": 1.0})
     disc_features: int = field(default=64, metadata={"help": "discriminator channels at its first layer (paper 64)", "min": 2, "max": 256})

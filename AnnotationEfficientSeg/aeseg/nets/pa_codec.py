@@ -22,8 +22,9 @@ encoder with ``depth - 1`` nearest-neighbour ×2 upsampling blocks (the first a 
 conv "C", the rest NRC; short skips in the common decoder only; kernel 3 in the
 common decoder, 5 in the residual decoder) and ends with norm → ReLU → conv to the
 image channels and ``tanh``. Long skips from the encoder enter each decoder after the
-block of the same resolution (every level but the bottleneck, as in the reference
-code), as ``skips``:
+block of the same resolution — every level but the bottleneck, as in the reference
+code; ``skip_full_res=False`` also leaves out the full-resolution level, as the paper's
+text has it ("except for the first and the last layers") — as ``skips``:
 
 - ``compressed`` (the paper's, Sec. III-C): 1×1 conv to one channel, instance norm,
   concatenated;
