@@ -79,6 +79,7 @@ class Plan:
     overrides: dict[str, Any] = field(default_factory=dict)  # the method's main run
     ablations: list[Variant] = field(default_factory=list)
     baselines: tuple[str, ...] = ("noisy_baseline", "clean_only", "oracle")
+    baseline_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. the method's image size
     gap_reference: str = "noisy_baseline"  # the lower end of "gap covered"
     phantom: dict[str, Any] = field(default_factory=dict)  # PhantomConfig overrides
     timing_phase: int = 0  # which of the method's phases to time
@@ -95,10 +96,15 @@ class RunResult:
     best_val_dice: float | None
     wall_s: float
     epochs: int
+    reused: bool = False  # a finished job of an earlier invocation with the same cohort and config
+    seed_means: list[float] | None = None  # test Dice per training seed (several seeds only)
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "test_dice": self.test_dice, "best_val_dice": self.best_val_dice,
-                "wall_s": round(self.wall_s, 1), "epochs": self.epochs, "job": str(self.job)}
+        d = {"method": self.method, "test_dice": self.test_dice, "best_val_dice": self.best_val_dice,
+             "wall_s": round(self.wall_s, 1), "epochs": self.epochs, "job": str(self.job), "reused": self.reused}
+        if self.seed_means:
+            d["seed_means"] = [round(m, 4) for m in self.seed_means]
+        return d
 
 
 def load_plan(method: str, profile: str, task: str, setting: str | None) -> Plan:
@@ -120,8 +126,11 @@ def mean_sd(values: list[float]) -> dict[str, float]:
 
 class Bench:
     def __init__(self, method: str, task: str, profile: str = "quick", setting: str | None = None,
-                 noise: str | float | None = None, seed: int = 0, workdir: Path | None = None):
+                 noise: str | float | None = None, seed: int = 0, workdir: Path | None = None, reuse: bool = False,
+                 train_seeds: tuple[int, ...] | None = None):
         self.method, self.task, self.profile, self.setting, self.noise, self.seed = method, task, profile, setting, noise, seed
+        self.reuse = reuse  # keep a finished run whose job.json matches (cohort and config)
+        self.train_seeds: tuple[int, ...] = tuple(train_seeds or (seed,))  # the phantom always uses ``seed``
         tag = "_".join(str(x) for x in (task, setting, noise, profile, seed) if x is not None)
         self.workdir = Path(workdir or HERE / "work") / f"{method}_{tag}"
         self.plan = load_plan(method, profile, task, setting)
@@ -132,19 +141,31 @@ class Bench:
     # cohorts -------------------------------------------------------------------------
     def build_cohort(self) -> Path:
         root = self.workdir / "cohort"
+        kw = self._phantom_kwargs()
+        cfg = PhantomConfig(task=self.task, seed=self.seed, **kw)
+        if self.reuse and (root / "phantom.json").is_file():
+            record = json.loads((root / "phantom.json").read_text())
+            if record.get("config") == json.loads(json.dumps(dataclasses.asdict(cfg.resolved()), default=_json)):
+                self.phantom_info = _RecordedPhantom(record)
+                self.cohort_dir = root
+                print("  reusing the phantom cohort (same configuration)", flush=True)
+                return root
         if root.exists():
             import shutil
 
             shutil.rmtree(self.workdir)
+        self.phantom_info = make_phantom_cohort(root, cfg)
+        self.cohort_dir = root
+        return root
+
+    def _phantom_kwargs(self) -> dict[str, Any]:
         kw = dict(PHANTOM_PROFILES[self.profile])
         if self.task == "noisy_organ":
             kw["setting"] = self.setting or "noisy"
             if (self.setting or "noisy") != "semi":
                 kw["noise"] = self.noise if self.noise is not None else "mid"
         kw.update(self.plan.phantom)
-        self.phantom_info = make_phantom_cohort(root, PhantomConfig(task=self.task, seed=self.seed, **kw))
-        self.cohort_dir = root
-        return root
+        return kw
 
     def derived_cohort(self, name: str, label_for: Callable[[Any], tuple[str, str] | None]) -> Path:
         """A cohort.csv in ``workdir/name`` over the original images; ``label_for(case)`` gives
@@ -158,7 +179,7 @@ class Bench:
             for c in src.cases:
                 lab = label_for(c)
                 path, kind = lab if lab else ((str(c.label) if c.label else ""), c.label_kind)
-                lv = 1 if lab else (c.label_value if c.label_value is not None else "")
+                lv = "" if lab else (c.label_value if c.label_value is not None else "")  # "": any non-zero
                 w.writerow([c.case_id, c.image, path, kind, c.presence or "", c.domain or "", c.split, lv])
         truth = dst / "truth"
         if not truth.exists():
@@ -180,21 +201,50 @@ class Bench:
 
     # runs ----------------------------------------------------------------------------
     def run(self, name: str, method: str, overrides: dict[str, Any] | None = None, cohort: Path | None = None) -> RunResult:
+        """Train ``method`` once per training seed (same cohort) and pool the results: the
+        test Dice of a case is its mean over seeds; ``seed_means`` keeps each seed's mean.
+        The first seed's job (``jobs/<name>``) is the one plans and triage read."""
+        singles = [self._run_seed(name if i == 0 else f"{name}_s{s}", method, overrides, cohort, s)
+                   for i, s in enumerate(self.train_seeds)]
+        first = singles[0]
+        if len(singles) == 1:
+            rr = first
+        else:
+            per_case = {c: float(np.mean([r.per_case[c] for r in singles])) for c in first.per_case}
+            vals = [r.best_val_dice for r in singles if r.best_val_dice is not None]
+            rr = RunResult(name, method, first.job, mean_sd(list(per_case.values())), per_case,
+                           float(np.mean(vals)) if vals else None, sum(r.wall_s for r in singles), first.epochs,
+                           reused=all(r.reused for r in singles),
+                           seed_means=[r.test_dice["mean"] for r in singles])
+            print(f"  {name:<28} test Dice {rr.test_dice['mean']:.3f} (seeds {', '.join(f'{m:.3f}' for m in rr.seed_means)})",
+                  flush=True)
+        self.runs[name] = rr
+        return rr
+
+    def _run_seed(self, name: str, method: str, overrides: dict[str, Any] | None, cohort: Path | None,
+                  seed: int) -> RunResult:
         values = dict(PROFILES[self.profile])
         values.update(overrides or {})
-        cfg = resolve_config(method, values, seed=self.seed, device="auto")
+        cfg = resolve_config(method, values, seed=seed, device="auto")
         job_dir = self.workdir / "jobs" / name
+        cohort = Path(cohort or self.cohort_dir)
+        done = _finished(job_dir, method, cohort, cfg) if self.reuse else None
+        if done is not None:
+            per_case = self.test_dice(job_dir)
+            rr = RunResult(name, method, job_dir, mean_sd(list(per_case.values())), per_case, done["best_val_dice"],
+                           done["wall_s"], done["epochs"], reused=True)
+            print(f"  {name:<28} test Dice {rr.test_dice['mean']:.3f} ± {rr.test_dice['sd']:.3f}  (reused)", flush=True)
+            return rr
         if job_dir.exists():
             import shutil
 
             shutil.rmtree(job_dir)
         t0 = time.time()
-        job = create_job(job_dir, cohort or self.cohort_dir, cfg, command=["benchmarks/run.py", name])
+        job = create_job(job_dir, cohort, cfg, command=["benchmarks/run.py", name])
         res = run_job(job.root, progress_bar=False)
         wall = time.time() - t0
         per_case = self.test_dice(job.root)
         rr = RunResult(name, method, job.root, mean_sd(list(per_case.values())), per_case, res.best_val_dice, wall, res.epochs_run)
-        self.runs[name] = rr
         print(f"  {name:<28} test Dice {rr.test_dice['mean']:.3f} ± {rr.test_dice['sd']:.3f}  ({wall:.0f} s)", flush=True)
         return rr
 
@@ -204,6 +254,8 @@ class Bench:
         for c in co.cases:
             if c.split != "test" or c.truth is None:
                 continue
+            if self.task == "lesion_pa" and c.presence != "present":
+                continue  # Dice of a lesion is defined on images that have one (absent cases: see the plan)
             pred, _ = read_label(job / sub / f"{c.case_id}.seg.nrrd")
             truth, _ = read_label(c.truth)
             out[c.case_id] = dice(pred > 0, truth > 0)
@@ -272,11 +324,48 @@ class Bench:
         return float(statistics.median(times))
 
     def step_ratio(self, overrides: dict[str, Any], cohort: Path | None = None) -> dict[str, float]:
-        t_sup = self.step_times("supervised", {"labels": "all"}, cohort=cohort)
+        # same batch: the supervised step gets the method's image size and batch size
+        same = {k: v for k, v in overrides.items() if k.startswith(("data.", "engine."))}
+        t_sup = self.step_times("supervised", {"labels": "all", **same}, cohort=cohort)
         t_m = self.step_times(self.method, overrides, phase_index=self.plan.timing_phase, cohort=cohort)
-        t_sup2 = self.step_times("supervised", {"labels": "all"}, cohort=cohort)  # bracket the method: drift check
+        t_sup2 = self.step_times("supervised", {"labels": "all", **same}, cohort=cohort)  # bracket the method: drift check
         sup = (t_sup + t_sup2) / 2
         return {"method_s": round(t_m, 4), "supervised_s": round(sup, 4), "ratio": round(t_m / sup, 3)}
+
+
+class _RecordedPhantom:
+    """The ``phantom.json`` of a reused cohort, with PhantomInfo's fields the harness reads."""
+
+    def __init__(self, record: dict):
+        self.record = record
+        self.noisy_mean_dice = record.get("noisy_mean_dice")
+
+    def to_dict(self) -> dict:
+        return dict(self.record)
+
+
+def _finished(job_dir: Path, method: str, cohort: Path, cfg) -> dict | None:
+    """The ``done`` event of a finished job in ``job_dir`` if it ran ``method`` on ``cohort``
+    with the same configuration, else None."""
+    try:
+        meta = json.loads((job_dir / "job.json").read_text())
+        events = [json.loads(line) for line in (job_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError):
+        return None
+    def comparable(config: dict) -> dict:  # CPU threads change speed, not what is computed
+        config = json.loads(json.dumps(config, default=_json))
+        config.get("engine", {}).pop("threads", None)
+        return config
+
+    if meta.get("method") != method or Path(meta.get("cohort", "")).resolve() != cohort.resolve():
+        return None
+    if meta.get("seed") != cfg.seed or comparable(meta.get("config", {})) != comparable(cfg.to_dict()):
+        return None
+    done = [e for e in events if e.get("type") == "done"]
+    if not done or not (job_dir / "pseudo_labels").is_dir():
+        return None
+    epochs = sum(1 for e in events if e.get("type") == "epoch")
+    return {"best_val_dice": done[-1].get("best_val_dice"), "wall_s": float(done[-1].get("wall_s") or 0.0), "epochs": epochs}
 
 
 def machine() -> dict[str, Any]:
@@ -298,9 +387,9 @@ def gap(method: float, low: float, oracle: float) -> float | None:
 
 def run_benchmark(method: str, task: str, profile: str = "quick", setting: str | None = None,
                   noise: str | float | None = None, seed: int = 0, ablations: bool = True,
-                  out_dir: Path | None = None) -> dict[str, Any]:
+                  out_dir: Path | None = None, reuse: bool = False, train_seeds: tuple[int, ...] | None = None) -> dict[str, Any]:
     t0 = time.time()
-    b = Bench(method, task, profile, setting, noise, seed)
+    b = Bench(method, task, profile, setting, noise, seed, reuse=reuse, train_seeds=train_seeds)
     print(f"[{method} on {task} {setting or ''} {noise or ''} profile={profile}] building the phantom cohort", flush=True)
     b.build_cohort()
     plan = b.plan
@@ -308,14 +397,16 @@ def run_benchmark(method: str, task: str, profile: str = "quick", setting: str |
     runs: dict[str, RunResult] = {}
     semi = task == "noisy_organ" and (setting or "noisy") in ("semi", "mixed")
     if "clean_only" in plan.baselines or semi:
-        runs["clean_only"] = b.run("clean_only", "supervised", {"labels": "clean"})
+        runs["clean_only"] = b.run("clean_only", "supervised", {"labels": "clean", **plan.baseline_overrides})
     if semi:
         train_cohort = b.standardized_cohort(runs["clean_only"])
         b.cohort_dir = train_cohort
     if "noisy_baseline" in plan.baselines:
-        runs["noisy_baseline"] = b.run("noisy_baseline", "supervised", {"labels": "all"}, cohort=train_cohort)
+        runs["noisy_baseline"] = b.run("noisy_baseline", "supervised", {"labels": "all", **plan.baseline_overrides},
+                                       cohort=train_cohort)
     if "oracle" in plan.baselines:
-        runs["oracle"] = b.run("oracle", "supervised", {"labels": "clean"}, cohort=b.oracle_cohort())
+        runs["oracle"] = b.run("oracle", "supervised", {"labels": "clean", **plan.baseline_overrides},
+                               cohort=b.oracle_cohort())
     if method != "supervised" or plan.overrides:
         runs["method"] = b.run("method", method, plan.overrides, cohort=train_cohort)
     else:
@@ -328,6 +419,7 @@ def run_benchmark(method: str, task: str, profile: str = "quick", setting: str |
     ref = runs.get(plan.gap_reference)
     result: dict[str, Any] = {
         "method": method, "task": task, "setting": setting, "noise": noise, "profile": profile, "seed": seed,
+        "train_seeds": list(b.train_seeds),
         "phantom": b.phantom_info.to_dict() if b.phantom_info else None,
         "noisy_label_mean_dice": getattr(b.phantom_info, "noisy_mean_dice", None),
         "test_dice": {k: r.test_dice for k, r in runs.items()},
@@ -352,6 +444,8 @@ def run_benchmark(method: str, task: str, profile: str = "quick", setting: str |
     parts = [method, task] + [str(x) for x in (setting, noise) if x is not None]
     if profile != "quick":
         parts.append(profile)
+    if len(b.train_seeds) > 1:
+        parts.append(f"{len(b.train_seeds)}seeds")
     path = out_dir / ("_".join(parts) + ".json")
     path.write_text(json.dumps(result, indent=2, default=_json) + "\n")
     print(summary_line(result))

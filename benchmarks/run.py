@@ -21,10 +21,17 @@ def main(argv=None) -> int:
     ap.add_argument("--method", required=True)
     ap.add_argument("--task", required=True, choices=["noisy_organ", "ellipse_us", "organ_ct", "lesion_pa", "domain_shift"])
     ap.add_argument("--profile", default="quick", choices=["quick", "full"])
-    ap.add_argument("--setting", choices=["noisy", "semi", "mixed"], help="noisy_organ: label setting")
+    ap.add_argument("--setting", choices=["noisy", "semi", "mixed", "1pct", "5pct"],
+                    help="noisy_organ: label setting; lesion_pa: share of present images with a mask")
     ap.add_argument("--noise", choices=["high", "mid", "low"], help="noisy_organ: noise level (mean Dice 0.41 / 0.62 / 0.80)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="phantom seed (and the first training seed)")
+    ap.add_argument("--train-seeds", type=int, default=1,
+                    help="train every run with this many seeds (seed, seed+1, ...) on the same cohort; "
+                         "test Dice per case is averaged over them")
     ap.add_argument("--no-ablations", action="store_true")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the phantom cohort and every finished run whose job.json matches (same cohort, same "
+                         "config); marked 'reused' in the results")
     ap.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
     ap.add_argument("--threads", type=int, default=0,
                     help="CPU threads per process (0: PyTorch default); 1 lets two benchmarks share 2 cores fairly")
@@ -34,7 +41,8 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(a.threads)
         PROFILES[a.profile]["engine.threads"] = a.threads
-    run_benchmark(a.method, a.task, a.profile, a.setting, a.noise, a.seed, not a.no_ablations, a.out)
+    run_benchmark(a.method, a.task, a.profile, a.setting, a.noise, a.seed, not a.no_ablations, a.out, a.reuse,
+                  tuple(range(a.seed, a.seed + a.train_seeds)))
     return 0
 
 

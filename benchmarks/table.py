@@ -28,6 +28,8 @@ def rows(results_dir: Path = HERE / "results") -> list[str]:
         td = r["test_dice"]
         tri = r.get("triage") or {}
         setting = " ".join(str(x) for x in (r.get("setting"), r.get("noise")) if x) or "default"
+        if len(r.get("train_seeds") or []) > 1:
+            setting += f" ({len(r['train_seeds'])} seeds)"
         nd = r.get("noisy_label_mean_dice")
         gap = r.get("gap_covered")
         out.append(f"| {r['method']} | {r['task']} | {setting} | {nd:.2f} |" if nd is not None else f"| {r['method']} | {r['task']} | {setting} | – |")

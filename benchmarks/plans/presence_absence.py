@@ -63,6 +63,7 @@ def plan(profile: str, task: str, setting: str | None) -> Plan:
         ablations += [Variant("p_to_a", {**main, "translation": "p_to_a", "cycle": False}),
                       Variant("separate_decoder", {**main, "seg_decoder": "separate"})]
     return Plan(overrides=main, ablations=ablations, baselines=("clean_only", "oracle"), gap_reference="clean_only",
+                baseline_overrides={"data.size": size},
                 phantom={"size": size, "n_train": 200, "n_val": 10, "n_test": 40, "annotated_fraction": frac},
                 extra=extra)
 

@@ -52,7 +52,9 @@ def plan(profile: str, task: str, setting: str | None) -> Plan:
         raise SystemExit(f"shape_prior_gan benchmarks: task must be ellipse_us or organ_ct, not {task}")
     main = {**_SIZES[profile], **_PRIOR[task]}
     ablations = [Variant(name, {**main, **ov, "rounds": 0}) for name, ov in _STAGE1.items()]
+    # the oracle is the same U-Net at the same image size, trained on the true labels
     return Plan(overrides=main, ablations=ablations, baselines=("oracle",), gap_reference="oracle",
+                baseline_overrides={"data.size": main["data.size"]},
                 timing_phase=1, extra=_extra)
 
 
@@ -137,10 +139,11 @@ def _extra(b, result: dict) -> dict:
     # has no label here (empty batches): time it on the oracle cohort instead (same
     # images, same batch size) for both the CycleGAN phase and a round.
     oracle_cohort = b.workdir / "cohort_oracle"
-    t_sup = b.step_times("supervised", {"labels": "clean"}, cohort=oracle_cohort)
+    same = {k: v for k, v in overrides.items() if k.startswith(("data.", "engine."))}  # same batch, same size
+    t_sup = b.step_times("supervised", {"labels": "clean", **same}, cohort=oracle_cohort)
     t_gan = b.step_times(b.method, overrides, phase_index=b.plan.timing_phase)
     t_round = b.step_times(b.method, {**overrides, "stage1_from": str(main.job)}, phase_index=0)
-    t_sup2 = b.step_times("supervised", {"labels": "clean"}, cohort=oracle_cohort)
+    t_sup2 = b.step_times("supervised", {"labels": "clean", **same}, cohort=oracle_cohort)
     sup = (t_sup + t_sup2) / 2
     out["harness_step_time_on_unlabelled_cohort"] = result.get("step_time")
     result["step_time"] = {"method_s": round(t_gan, 4), "supervised_s": round(sup, 4), "ratio": round(t_gan / sup, 3),

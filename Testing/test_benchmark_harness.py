@@ -1,0 +1,74 @@
+"""The benchmark harness's own logic: gap covered, reuse of finished runs, derived cohorts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+harness = pytest.importorskip("harness")
+
+from aeseg.cohort.manifest import load_cohort  # noqa: E402
+from aeseg.cohort.reading import read_label  # noqa: E402
+from aeseg.engine.config import resolve_config  # noqa: E402
+
+
+def test_gap_covered_against_hand_computed_values():
+    assert harness.gap(0.75, 0.70, 0.80) == pytest.approx(0.5)
+    assert harness.gap(0.65, 0.70, 0.80) == pytest.approx(-0.5)
+    assert harness.gap(0.9, 0.7, 0.7) is None  # no gap to cover
+
+
+def _fake_finished_job(job: Path, cohort: Path, cfg, method: str = "supervised") -> None:
+    job.mkdir(parents=True)
+    (job / "pseudo_labels").mkdir()
+    (job / "job.json").write_text(json.dumps({"method": method, "cohort": str(cohort), "seed": cfg.seed,
+                                              "config": cfg.to_dict()}))
+    events = [{"type": "start"}, {"type": "epoch", "epoch": 1}, {"type": "epoch", "epoch": 2},
+              {"type": "done", "best_val_dice": 0.5, "wall_s": 12.0}]
+    (job / "events.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
+
+
+def test_reuse_only_a_finished_job_with_the_same_cohort_and_config(tmp_path):
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    cfg = resolve_config("supervised", {"engine.epochs": 2, "labels": "all"}, seed=0)
+    job = tmp_path / "jobs" / "run"
+    _fake_finished_job(job, cohort, cfg)
+
+    done = harness._finished(job, "supervised", cohort, cfg)
+    assert done == {"best_val_dice": 0.5, "wall_s": 12.0, "epochs": 2}
+    # CPU threads change speed only
+    assert harness._finished(job, "supervised", cohort, resolve_config(
+        "supervised", {"engine.epochs": 2, "labels": "all", "engine.threads": 1}, seed=0)) is not None
+    # anything that changes what is computed does not match
+    assert harness._finished(job, "supervised", cohort, resolve_config(
+        "supervised", {"engine.epochs": 3, "labels": "all"}, seed=0)) is None
+    assert harness._finished(job, "supervised", cohort, resolve_config(
+        "supervised", {"engine.epochs": 2, "labels": "all"}, seed=1)) is None
+    assert harness._finished(job, "supervised", tmp_path / "other", cfg) is None
+    assert harness._finished(job, "mean_teacher", cohort, cfg) is None
+    # an unfinished job (no done event) is never reused
+    lines = (job / "events.jsonl").read_text().splitlines()[:-1]
+    (job / "events.jsonl").write_text("\n".join(lines) + "\n")
+    assert harness._finished(job, "supervised", cohort, cfg) is None
+
+
+def test_oracle_cohort_reads_the_truth_whatever_its_label_value(tmp_path):
+    """lesion_pa stores lesions as 255 in PNG truth masks: the oracle cohort must not
+    restrict its labels to value 1 (it would train on empty masks)."""
+    bench = harness.Bench("supervised", "lesion_pa", workdir=tmp_path)
+    bench.plan.phantom = {"size": 32, "n_train": 6, "n_val": 2, "n_test": 2}
+    bench.build_cohort()
+    oracle = load_cohort(bench.oracle_cohort())
+    present = [c for c in oracle.cases if c.split == "train" and c.presence == "present"]
+    assert present, "the phantom has present training images"
+    for c in present:
+        lab, _ = read_label(c.label, c.label_value)
+        truth, _ = read_label(c.truth)
+        assert np.count_nonzero(lab) == np.count_nonzero(truth) > 0
