@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--method", required=True)
     ap.add_argument("--task", required=True, choices=["noisy_organ", "ellipse_us", "organ_ct", "lesion_pa", "domain_shift"])
-    ap.add_argument("--profile", default="quick", choices=["quick", "full"])
+    ap.add_argument("--profile", default="quick", choices=["quick", "long", "full"])
     ap.add_argument("--setting", choices=["noisy", "semi", "mixed", "1pct", "5pct"],
                     help="noisy_organ: label setting; lesion_pa: share of present images with a mask")
     ap.add_argument("--noise", choices=["high", "mid", "low"], help="noisy_organ: noise level (mean Dice 0.41 / 0.62 / 0.80)")

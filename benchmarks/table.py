@@ -1,8 +1,15 @@
-"""Print the README's benchmark table from ``benchmarks/results/*.json``.
+"""Print the README's benchmark tables from ``benchmarks/results/*.json``.
 
-``python benchmarks/table.py`` prints Markdown: one row per result file with the test
-Dice (mean ± sd over test cases) of the method and the baselines, the gap covered, the
-step-time ratio, and the label-quality triage.
+``python benchmarks/table.py [results_dir]`` prints Markdown, one table per kind of task:
+
+- label noise / scarce labels (``noisy_organ``): test Dice (mean ± sd over test cases;
+  with several training seeds, a case's Dice is its mean over seeds) of the method and
+  the baselines, gap covered, step-time ratio, triage;
+- shape-prior pseudo labels (``ellipse_us``, ``organ_ct``): Dice of the stage-1 pseudo
+  labels per variant, the stage-2 rows, the oracle, LQSS triage, step ratios;
+- presence/absence (``lesion_pa``): Dice on the present test images of every row, the
+  gap covered between supervised-only and the oracle, the share of absent test images
+  predicted empty.
 """
 
 from __future__ import annotations
@@ -20,26 +27,89 @@ def fmt(d: dict | None) -> str:
     return f"{d['mean']:.3f} ± {d['sd']:.3f}"
 
 
-def rows(results_dir: Path = HERE / "results") -> list[str]:
-    out = ["| method | task | setting | noisy labels (Dice) | method | noisy baseline | clean-only | oracle | gap covered | step ratio | Spearman | top-k precision | wall (s) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for p in sorted(results_dir.glob("*.json")):
-        r = json.loads(p.read_text())
-        td = r["test_dice"]
-        tri = r.get("triage") or {}
-        setting = " ".join(str(x) for x in (r.get("setting"), r.get("noise")) if x) or "default"
-        if len(r.get("train_seeds") or []) > 1:
-            setting += f" ({len(r['train_seeds'])} seeds)"
+def pct(g: float | None) -> str:
+    return "–" if g is None else f"{100 * g:.0f} %"
+
+
+def _setting(r: dict) -> str:
+    s = " ".join(str(x) for x in (r.get("setting"), r.get("noise")) if x) or "default"
+    if r.get("profile", "quick") != "quick":
+        s += f", {r['profile']} profile"
+    if len(r.get("train_seeds") or []) > 1:
+        s += f" ({len(r['train_seeds'])} seeds)"
+    return s
+
+
+def noisy_rows(results: list[dict]) -> list[str]:
+    out = ["| method | setting | noisy labels (Dice) | method | noisy baseline | clean-only | oracle | gap covered | step ratio | Spearman | top-k precision (chance) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        td, tri = r["test_dice"], r.get("triage") or {}
         nd = r.get("noisy_label_mean_dice")
-        gap = r.get("gap_covered")
-        out.append(f"| {r['method']} | {r['task']} | {setting} | {nd:.2f} |" if nd is not None else f"| {r['method']} | {r['task']} | {setting} | – |")
-        out[-1] += (f" {fmt(td.get('method'))} | {fmt(td.get('noisy_baseline'))} | {fmt(td.get('clean_only'))} | {fmt(td.get('oracle'))} |"
-                    f" {'–' if gap is None else f'{100 * gap:.0f} %'} | {r['step_time']['ratio']:.2f} |"
-                    f" {tri.get('spearman', '–')} | {tri.get('top_k_precision', '–')} | {r.get('wall_s', '–')} |")
+        topk = f"{tri['top_k_precision']} ({tri['chance_precision']})" if "top_k_precision" in tri else "–"
+        out.append(f"| {r['method']} | {_setting(r)} | {'–' if nd is None else f'{nd:.2f}'} | {fmt(td.get('method'))} |"
+                   f" {fmt(td.get('noisy_baseline'))} | {fmt(td.get('clean_only'))} | {fmt(td.get('oracle'))} |"
+                   f" {pct(r.get('gap_covered'))} | {r['step_time']['ratio']:.2f} | {tri.get('spearman', '–')} | {topk} |")
         for name, d in (r.get("ablations") or {}).items():
-            out.append(f"| ↳ {name} | | | | {fmt(d)} | | | | | | | | |")
+            out.append(f"| ↳ {name} | | | {fmt(d)} | | | | | | | |")
     return out
 
 
+def shape_rows(results: list[dict]) -> list[str]:
+    out = ["| task | setting | stage 1: pseudo-label Dice (train) baseline / +VAE-D / +DGCC / both | U-Net / +LQSS / +IT / +wDice (test) | oracle (test) | oracle − method | LQSS accepted / rejected (Spearman) | step ratio GAN / round |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        e = r.get("extra") or {}
+        s1 = e.get("stage1", {})
+        s1s = " / ".join(f"{s1[k]['train_pseudo_label_dice']['mean']:.3f}" if k in s1 else "–"
+                         for k in ("gan_baseline", "gan_vae", "gan_dgcc", "gan_vae_dgcc"))
+        s2 = e.get("stage2", {})
+        s2s = " / ".join(f"{s2[k]['mean']:.3f}" if k in s2 else "–"
+                         for k in ("unet_baseline", "unet_lqss", "unet_lqss_it", "unet_lqss_it_wdice"))
+        tri = e.get("triage", {})
+        lq = (f"{tri['accepted']['mean']:.3f} / {tri['rejected']['mean']:.3f} ({tri.get('spearman_score_vs_round0_dice')})"
+              if tri.get("accepted") else "–")
+        rs = e.get("round_step", {})
+        out.append(f"| {r['task']} | {_setting(r)} | {s1s} | {s2s} | {fmt(r['test_dice'].get('oracle'))} |"
+                   f" {e.get('oracle_minus_method', '–')} | {lq} | {r['step_time']['ratio']:.1f} / {rs.get('ratio', '–')} |")
+    return out
+
+
+def pa_rows(results: list[dict]) -> list[str]:
+    out = ["| setting | row | Dice, present test images | gap covered (supervised-only → oracle) | absent images predicted empty |",
+           "|---|---|---|---|---|"]
+    for r in results:
+        e = r.get("extra") or {}
+        pres = e.get("by_presence", {})
+        gaps = e.get("gap_covered_vs_clean_only", {})
+        rows = {"clean_only": r["test_dice"].get("clean_only"), "oracle": r["test_dice"].get("oracle"),
+                "method": r["test_dice"].get("method"), **(r.get("ablations") or {})}
+        for name, d in rows.items():
+            empty = pres.get(name, {}).get("absent_predicted_empty")
+            out.append(f"| {_setting(r)} | {name} | {fmt(d)} | {pct(gaps.get(name)) if name in gaps else ''} |"
+                       f" {'–' if empty is None else f'{empty:.2f}'} |")
+        out.append(f"| {_setting(r)} | step ratio | {r['step_time']['ratio']:.1f} | | |")
+    return out
+
+
+def tables(results_dir: Path = HERE / "results") -> str:
+    res = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
+    parts = []
+    noisy = [r for r in res if r["task"] == "noisy_organ"]
+    shape = [r for r in res if r["task"] in ("ellipse_us", "organ_ct")]
+    pa = [r for r in res if r["task"] == "lesion_pa"]
+    if noisy:
+        parts += ["**Noisy and scarce labels** (`noisy_organ`; test Dice on 10 test volumes)", ""] + noisy_rows(noisy) + [""]
+    if shape:
+        parts += ["**Shape-prior pseudo labels, no annotations** (`shape_prior_gan`)", ""] + shape_rows(shape) + [""]
+    if pa:
+        parts += ["**Presence/absence translation** (`presence_absence` on `lesion_pa`)", ""] + pa_rows(pa) + [""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def rows(results_dir: Path = HERE / "results") -> list[str]:
+    return tables(results_dir).splitlines()
+
+
 if __name__ == "__main__":
-    print("\n".join(rows(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "results")))
+    print(tables(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "results"))

@@ -27,6 +27,7 @@ from harness import Plan, Variant
 
 SCHEDULES = {
     "quick": {"warmup": 30, "correct_start": 20, "correct_every": 10},
+    "long": {"warmup": 30, "correct_start": 20, "correct_every": 10},
     "full": {"warmup": 20, "correct_start": 15, "correct_every": 10},
 }
 
