@@ -72,3 +72,20 @@ def test_oracle_cohort_reads_the_truth_whatever_its_label_value(tmp_path):
         lab, _ = read_label(c.label, c.label_value)
         truth, _ = read_label(c.truth)
         assert np.count_nonzero(lab) == np.count_nonzero(truth) > 0
+
+
+def test_reuse_accepts_a_field_added_since_at_its_default_only(tmp_path):
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    cfg = resolve_config("supervised", {"engine.epochs": 2, "labels": "all"}, seed=0)
+    job = tmp_path / "jobs" / "run"
+    _fake_finished_job(job, cohort, cfg)
+    meta = json.loads((job / "job.json").read_text())
+    del meta["config"]["method"]["labels"]  # as if the field did not exist when the job ran
+    (job / "job.json").write_text(json.dumps(meta))
+    default_labels = resolve_config("supervised", {}).method_config.labels
+    same = resolve_config("supervised", {"engine.epochs": 2, "labels": default_labels}, seed=0)
+    other = resolve_config("supervised", {"engine.epochs": 2, "labels": "clean" if default_labels != "clean" else "all"},
+                           seed=0)
+    assert harness._finished(job, "supervised", cohort, same) is not None
+    assert harness._finished(job, "supervised", cohort, other) is None

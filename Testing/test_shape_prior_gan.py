@@ -4,6 +4,7 @@ end-to-end run on an easy phantom (tiny images, few steps)."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -309,3 +310,62 @@ def test_cancel_and_resume_reproduces_the_uninterrupted_run(easy_run, monkeypatc
             pa = read_label(ref.root / "pseudo_labels" / r / f"{cid}.seg.nrrd")[0]
             pb = read_label(job.root / "pseudo_labels" / r / f"{cid}.seg.nrrd")[0]
             assert np.array_equal(pa, pb)
+
+
+_RESTARTS = {**_TINY, "vae_epochs": 1, "gan_epochs": 1, "rounds": 1, "round_epochs": 1, "gan_starts": 2,
+             "start_epochs": 1}
+
+
+def test_restarts_continue_from_the_best_trial_and_resume_exactly(tmp_path, monkeypatch):
+    """Two CycleGAN trials; the first scores better on validation, so the main phase must
+    start from its weights, not from the second trial's. A run cancelled during the second
+    trial and resumed ends with the same weights as the uninterrupted one."""
+    from aeseg.engine.config import resolve_config
+    from aeseg.engine.loop import create_job, run_job
+    from aeseg.methods.shape_prior_gan import ShapePriorGan
+
+    root = _easy_cohort(tmp_path / "cohort", n_train=8)
+    cfg = resolve_config("shape_prior_gan", _RESTARTS, seed=0)
+    scores = {"gan_try1": 0.9, "gan_try2": 0.1}
+    seen: dict[str, dict] = {}
+    orig_end_try, orig_begin = ShapePriorGan._end_try, ShapePriorGan.begin_phase
+
+    def end_try(self, info):
+        monkeypatch.setattr(self, "_trial_dice", lambda: scores[info.phase], raising=False)
+        seen.setdefault(info.phase, {k: v.clone() for k, v in self._raw(self.G_A).state_dict().items()})
+        return orig_end_try(self, info)
+
+    def begin(self, phase):
+        orig_begin(self, phase)
+        if phase.name == "cyclegan":
+            seen.setdefault("cyclegan", {k: v.clone() for k, v in self._raw(self.G_A).state_dict().items()})
+
+    monkeypatch.setattr(ShapePriorGan, "_end_try", end_try)
+    monkeypatch.setattr(ShapePriorGan, "begin_phase", begin)
+    ref = create_job(tmp_path / "ref", root, cfg)
+    assert run_job(ref.root, progress_bar=False).status == "done"
+    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    assert same(seen["cyclegan"], seen["gan_try1"])
+    assert not same(seen["cyclegan"], seen["gan_try2"])
+    epochs = [json.loads(line) for line in (ref.root / "events.jsonl").read_text().splitlines()]
+    tries = [e for e in epochs if e.get("type") == "epoch" and e.get("phase", "").startswith("gan_try")]
+    assert [e["metrics"]["try_best"] if "metrics" in e else e.get("try_best") for e in tries] == [1.0, 1.0]
+
+    # cancel in the second trial (steps: vae 6, try1 1, try2 1 of 8 slices / 8), then resume
+    job = create_job(tmp_path / "job", root, cfg)
+    original = ShapePriorGan.train_step
+
+    def step(self, batch, info):
+        out = original(self, batch, info)
+        if info.phase == "gan_try2":
+            (job.root / "cancel").touch()
+        return out
+
+    monkeypatch.setattr(ShapePriorGan, "train_step", step)
+    assert run_job(job.root, progress_bar=False).status == "cancelled"
+    monkeypatch.setattr(ShapePriorGan, "train_step", original)
+    assert run_job(job.root, resume=True, progress_bar=False).status == "done"
+    a = torch.load(ref.root / "checkpoints" / "last.pt", weights_only=True)["modules"]
+    b = torch.load(job.root / "checkpoints" / "last.pt", weights_only=True)["modules"]
+    for name in ("G_A", "seg"):
+        assert same(a[name], b[name]), name

@@ -363,7 +363,13 @@ def _finished(job_dir: Path, method: str, cohort: Path, cfg) -> dict | None:
 
     if meta.get("method") != method or Path(meta.get("cohort", "")).resolve() != cohort.resolve():
         return None
-    if meta.get("seed") != cfg.seed or comparable(meta.get("config", {})) != comparable(cfg.to_dict()):
+    stored, want = comparable(meta.get("config", {})), comparable(cfg.to_dict())
+    defaults = comparable(resolve_config(method, {}).to_dict())
+    for section, values in want.items():  # a field added since the job ran matches at its default value
+        for key in [k for k in values if k not in stored.get(section, {})]:
+            if values[key] == defaults.get(section, {}).get(key, object()):
+                del values[key]
+    if meta.get("seed") != cfg.seed or stored != want:
         return None
     done = [e for e in events if e.get("type") == "done"]
     if not done or not (job_dir / "pseudo_labels").is_dir():

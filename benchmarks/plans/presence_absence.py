@@ -53,14 +53,14 @@ def plan(profile: str, task: str, setting: str | None) -> Plan:
     if setting not in FRACTIONS:
         raise ValueError(f"setting must be 1pct or 5pct, not {setting}")
     frac = FRACTIONS[setting]
-    size = 48 if profile == "quick" else 96
+    size = 96 if profile == "full" else 48
     main = {**NET, **SEG, "data.size": size}
     ablations = [
         Variant("autoencoding", {**main, "translation": "none", "cycle": False, "lambda_lat": 0.0,
                                  "lambda_rec": 1.0, "lambda_seg": 1.0}),
         Variant("mean_teacher", {"data.size": size}, method="mean_teacher"),
     ]
-    if profile != "quick":
+    if profile == "full":
         ablations += [Variant("p_to_a", {**main, "translation": "p_to_a", "cycle": False}),
                       Variant("separate_decoder", {**main, "seg_decoder": "separate"})]
     return Plan(overrides=main, ablations=ablations, baselines=("clean_only", "oracle"), gap_reference="clean_only",
