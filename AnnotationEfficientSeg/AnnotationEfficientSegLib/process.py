@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,18 +27,30 @@ from typing import Iterable, Sequence
 
 CANCEL_FILE = "cancel"
 
-# Python modules the core needs, mapped to the pip requirement that provides them.
-# torch is installed through the PyTorch extension (PyTorchUtils), not from this list;
-# SimpleITK ships with Slicer and must not be replaced.
-CORE_REQUIREMENTS: dict[str, str] = {
-    "monai": "monai>=1.3",
-    "slicerio": "slicerio>=1.0",
-    "nrrd": "pynrrd>=1.0",
-    "scipy": "scipy>=1.10",
-    "matplotlib": "matplotlib>=3.6",
-    "tqdm": "tqdm>=4.60",
-}
-TORCH_REQUIREMENT = ">=2.1"
+# The core's requirements: aeseg/requirements.txt, the list pyproject.toml reads too.
+REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "aeseg" / "requirements.txt"
+# Modules whose import name differs from their pip project name.
+_IMPORT_NAMES = {"pynrrd": "nrrd"}
+# Not installed by the module: torch comes through the PyTorch extension (PyTorchUtils),
+# SimpleITK and numpy ship with Slicer and must not be replaced.
+_FROM_SLICER = {"torch", "SimpleITK", "numpy"}
+
+
+def read_requirements(path: Path = REQUIREMENTS_FILE) -> dict[str, str]:
+    """``{pip project name: requirement}`` of the core, from ``aeseg/requirements.txt``."""
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name = re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0]
+            out[name] = line
+    return out
+
+
+_ALL = read_requirements()
+# Python modules the module installs, mapped to the pip requirement that provides them.
+CORE_REQUIREMENTS: dict[str, str] = {_IMPORT_NAMES.get(n, n): r for n, r in _ALL.items() if n not in _FROM_SLICER}
+TORCH_REQUIREMENT = _ALL["torch"][len("torch"):]
 
 
 def missing_modules(names: Iterable[str]) -> list[str]:
