@@ -26,10 +26,16 @@ test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest Testing -q -p no:cacheprovider $(PYTEST_ARGS); \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
+# Every method's main benchmark on the quick profile (about 2 hours on 2 cores), then the
+# README tables. One row alone: python benchmarks/run.py --method M --task T (see README).
 bench: $(STAMP)
-	$(PY) benchmarks/run.py --method supervised --task noisy_organ --profile quick
-	$(PY) benchmarks/run.py --method mean_teacher --task noisy_organ --profile quick
-	$(PY) benchmarks/table.py
+	$(PY) benchmarks/run.py --method supervised --task noisy_organ
+	$(PY) benchmarks/run.py --method mean_teacher --task noisy_organ
+	$(PY) benchmarks/run.py --method meta_reweight --task noisy_organ --noise mid --train-seeds 3 --no-ablations
+	$(PY) benchmarks/run.py --method aide --task noisy_organ --noise mid --train-seeds 3 --no-ablations
+	$(PY) benchmarks/run.py --method shape_prior_gan --task ellipse_us --train-seeds 3 --no-ablations
+	$(PY) benchmarks/run.py --method presence_absence --task lesion_pa --setting 1pct
+	$(PY) benchmarks/update_readme.py
 
 clean:
 	rm -rf $(VENV) demo benchmarks/work
