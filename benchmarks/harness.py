@@ -437,6 +437,8 @@ def run_benchmark(method: str, task: str, profile: str = "quick", setting: str |
         "gap_covered": gap(runs["method"].test_dice["mean"], ref.test_dice["mean"], runs["oracle"].test_dice["mean"])
         if ref and "oracle" in runs else None,
         "ablations": abl,
+        "overrides": dict(plan.overrides),  # the method's settings on top of the profile
+        "method_config": json.loads((runs["method"].job / "job.json").read_text())["config"]["method"],
         "runs": {k: r.to_dict() for k, r in runs.items()},
     }
     print("  timing steps ...", flush=True)
