@@ -81,6 +81,7 @@ class PresenceAbsenceConfig(NetConfig):
     lambda_cyc: float = field(default=50.0, metadata={"help": "relative weight of the cycle loss", "min": 0.0})
     lambda_seg: float = field(default=0.01, metadata={"help": "relative weight of segmentation (paper: 0.01 at 1 % annotations, 10/100/1000 at 10/20/100 %)", "min": 0.0})
     seg_loss: Literal["dice", "dice_ce"] = field(default="dice", metadata={"help": "soft Dice (paper) or Dice + cross-entropy (soft Dice alone can stall at all-foreground in short runs)"})
+    classifier_init: Literal["kaiming", "small"] = field(default="kaiming", metadata={"help": "segmentation classifier weights: Kaiming normal like every layer (paper Sec. IV-B), or near zero (flat start for soft Dice alone; learns far slower)"})
     lr: float = field(default=1e-4, metadata={"help": "AMSGrad learning rate (paper 1e-4, reference code 1e-3)", "min": 0.0})
     beta1: float = field(default=0.5, metadata={"help": "AMSGrad β1", "min": 0.0, "max": 1.0})
     disc_features: int = field(default=64, metadata={"help": "discriminator channels at its first layer (paper 64)", "min": 2, "max": 256})
@@ -145,7 +146,8 @@ class PresenceAbsence(Method):
         self.codec = PACodec(CodecConfig(in_channels=ctx.in_channels, features=c.features, depth=self.depth,
                                          unique_fraction=c.unique_fraction, enc_norm=c.enc_norm, dec_norm=c.dec_norm,
                                          skips=c.skips, skip_full_res=c.skip_full_res, short_skips=c.res_units > 0, seg_decoder=c.seg_decoder,
-                                         spectral=c.spectral_norm)).to(ctx.device)
+                                         spectral=c.spectral_norm,
+                                         small_classifier=c.classifier_init == "small")).to(ctx.device)
         self.weights = loss_weights(c)
         betas = (c.beta1, 0.999)
         self.opt_g = torch.optim.Adam(self.codec.parameters(), lr=c.lr, betas=betas, amsgrad=True)

@@ -64,8 +64,11 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 
 
 def _small_init(c: nn.Conv2d) -> None:
-    """Near-zero logits at the start (p ≈ 0.5 everywhere): a Kaiming-initialised classifier
-    on ReLU features starts saturated, where the soft Dice gradient vanishes."""
+    """Near-zero logits at the start (p ≈ 0.5 everywhere), for soft Dice alone, whose
+    gradient vanishes where a Kaiming-initialised classifier starts saturated. The price:
+    with Adam the weights grow by about the learning rate per step, so the logits stay
+    almost flat for hundreds of steps (measured: foreground probability never above 0.5
+    in 120 steps of segmentation alone, against 30 steps with Kaiming weights)."""
     nn.init.normal_(c.weight, std=1e-3)
     nn.init.zeros_(c.bias)
 
@@ -183,7 +186,8 @@ class Decoder(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, features: int, depth: int, kernel: int = 3,
                  norm: str = "layer", skips: str = "compressed", short_skips: bool = False, modes: int = 1,
-                 classes: int | None = None, out_kernel: int | None = None, skip_full_res: bool = True):
+                 classes: int | None = None, out_kernel: int | None = None, skip_full_res: bool = True,
+                 small_classifier: bool = False):
         super().__init__()
         if skips not in ("compressed", "full", "sum", "none"):
             raise ValueError(f"unknown long skip type '{skips}'")
@@ -208,9 +212,9 @@ class Decoder(nn.Module):
         self.out_norm = SwitchNorm(norm, cin, modes)
         self.out_conv = conv(cin, out_channels, out_kernel or kernel)
         self.classifier = conv(cin, classes, 1) if (modes > 1 and classes) else None
-        if self.classifier is not None:
+        if small_classifier and self.classifier is not None:
             _small_init(self.classifier)
-        if out_kernel == 1:  # a separate segmenter: its output layer is the classifier
+        if small_classifier and out_kernel == 1:  # a separate segmenter: its output layer is the classifier
             _small_init(self.out_conv)
         self.modes = modes
 
@@ -248,6 +252,7 @@ class CodecConfig:
     seg_decoder: Literal["shared", "separate"] = "shared"
     spectral: bool = True
     classes: int = 2
+    small_classifier: bool = False  # near-zero classifier weights (see _small_init); else Kaiming (Sec. IV-B)
 
 
 class PACodec(nn.Module):
@@ -271,10 +276,12 @@ class PACodec(nn.Module):
         self.common = Decoder(n_common, cfg.in_channels, cfg.features, cfg.depth, 3, short_skips=cfg.short_skips, **kw)
         shared = cfg.seg_decoder == "shared"
         self.residual_dec = Decoder(bottleneck, cfg.in_channels, cfg.features, cfg.depth, 5,
-                                    modes=2 if shared else 1, classes=cfg.classes if shared else None, **kw)
+                                    modes=2 if shared else 1, classes=cfg.classes if shared else None,
+                                    small_classifier=cfg.small_classifier, **kw)
         self.segmenter: Decoder | None = None
         if not shared:
-            self.segmenter = Decoder(bottleneck, cfg.classes, cfg.features, cfg.depth, 5, out_kernel=1, **kw)
+            self.segmenter = Decoder(bottleneck, cfg.classes, cfg.features, cfg.depth, 5, out_kernel=1,
+                                     small_classifier=cfg.small_classifier, **kw)
         if cfg.spectral:
             keep = {id(self.residual_dec.classifier)}
             if self.segmenter is not None:
