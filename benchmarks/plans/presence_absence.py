@@ -34,6 +34,11 @@ Deviations from the paper, all because the quick profile trains 300 optimiser st
 - a larger segmentation weight and Dice + CE (see ``SEG`` below): with the paper's
   λ_seg = 0.01 of 104 and soft Dice the segmentation head stays at its all-foreground
   start within 300 steps (measured; the paper grows λ_seg with the annotated share).
+
+The segmentation classifier starts from Kaiming weights like every other layer (the
+method's default, ``classifier_init``). An earlier near-zero start kept the logits flat
+for hundreds of steps: every row on the codec predicted nothing (Dice 0.000), even when
+trained on the segmentation loss alone.
 """
 
 from __future__ import annotations
