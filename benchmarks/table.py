@@ -81,8 +81,10 @@ def shape_rows(results: list[dict]) -> list[str]:
         lq = (f"{tri['accepted']['mean']:.3f} / {tri['rejected']['mean']:.3f} ({tri.get('spearman_score_vs_round0_dice')})"
               if tri.get("accepted") else "–")
         rs = e.get("round_step", {})
-        restarts = (r.get("method_config") or {}).get("gan_starts", 1)
-        setting = _setting(r) + (f", {restarts} GAN restarts" if restarts > 1 else ", no restarts")
+        restarts = (r.get("method_config") or r.get("overrides") or {}).get("gan_starts", 1)
+        threads = r.get("threads_note") or r["machine"]["threads"]
+        setting = _setting(r) + (f", {restarts} GAN restarts" if restarts > 1 else ", no restarts") + \
+            f", threads {threads}"
         out.append(f"| {r['task']} | {setting} | {s1s} | {s2s} | {fmt(r['test_dice'].get('oracle'))} |"
                    f" {e.get('oracle_minus_method', '–')} | {lq} | {r['step_time']['ratio']:.1f} / {rs.get('ratio', '–')} |")
     return out
