@@ -34,12 +34,19 @@ def _fake_finished_job(job: Path, cohort: Path, cfg, method: str = "supervised")
     (job / "events.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
 
 
-def test_reuse_only_a_finished_job_with_the_same_cohort_and_config(tmp_path):
+@pytest.fixture
+def finished(tmp_path):
+    """(cohort, config, job folder) of a fake finished ``supervised`` run."""
     cohort = tmp_path / "cohort"
     cohort.mkdir()
     cfg = resolve_config("supervised", {"engine.epochs": 2, "labels": "all"}, seed=0)
     job = tmp_path / "jobs" / "run"
     _fake_finished_job(job, cohort, cfg)
+    return cohort, cfg, job
+
+
+def test_reuse_only_a_finished_job_with_the_same_cohort_and_config(finished, tmp_path):
+    cohort, cfg, job = finished
 
     done = harness._finished(job, "supervised", cohort, cfg)
     assert done == {"best_val_dice": 0.5, "wall_s": 12.0, "epochs": 2}
@@ -74,12 +81,8 @@ def test_oracle_cohort_reads_the_truth_whatever_its_label_value(tmp_path):
         assert np.count_nonzero(lab) == np.count_nonzero(truth) > 0
 
 
-def test_reuse_accepts_a_field_added_since_at_its_default_only(tmp_path):
-    cohort = tmp_path / "cohort"
-    cohort.mkdir()
-    cfg = resolve_config("supervised", {"engine.epochs": 2, "labels": "all"}, seed=0)
-    job = tmp_path / "jobs" / "run"
-    _fake_finished_job(job, cohort, cfg)
+def test_reuse_accepts_a_field_added_since_at_its_default_only(finished):
+    cohort, cfg, job = finished
     meta = json.loads((job / "job.json").read_text())
     del meta["config"]["method"]["labels"]  # as if the field did not exist when the job ran
     (job / "job.json").write_text(json.dumps(meta))

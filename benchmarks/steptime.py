@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import Bench, machine  # noqa: E402
 
+from aeseg.engine.config import parse_sets  # noqa: E402
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
@@ -40,13 +42,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     b = Bench(a.method, a.task, a.profile, a.setting, a.noise, reuse=True)
     b.build_cohort()
-    overrides = dict(b.plan.overrides)
-    for kv in a.set:
-        k, _, v = kv.partition("=")
-        try:
-            overrides[k] = json.loads(v)  # numbers, true/false
-        except ValueError:
-            overrides[k] = v
+    overrides = {**b.plan.overrides, **parse_sets(a.set)}  # strings: resolve_config coerces them as for aeseg --set
     ratios = [b.step_ratio(overrides) for _ in range(a.rounds)]
     out = {"method": a.method, "task": a.task, "settings": a.set, "rounds": ratios,
            "median_ratio": round(statistics.median(r["ratio"] for r in ratios), 3),
