@@ -92,3 +92,27 @@ def test_reuse_accepts_a_field_added_since_at_its_default_only(finished):
                            seed=0)
     assert harness._finished(job, "supervised", cohort, same) is not None
     assert harness._finished(job, "supervised", cohort, other) is None
+
+
+def test_prefetch_trains_every_seed_side_by_side_and_run_picks_the_jobs_up(tmp_path):
+    bench = harness.Bench("supervised", "noisy_organ", workdir=tmp_path, train_seeds=(0, 1), jobs=2)
+    bench.plan.phantom = {"size": 32, "n_slices": 4, "n_train": 4, "n_val": 1, "n_test": 1}
+    bench.build_cohort()
+    tiny = {"engine.epochs": 1, "engine.steps_per_epoch": 1, "engine.batch_size": 2, "data.size": 16,
+            "engine.threads": 1, "labels": "all"}
+    bench.prefetch([("row", "supervised", tiny, None)])
+    jobs = bench.workdir / "jobs"
+    assert bench._fresh == {jobs / "row", jobs / "row_s1"}
+    for j in bench._fresh:
+        assert json.loads((j / "job.json").read_text())["seed"] == (0 if j.name == "row" else 1)
+    r = bench.run("row", "supervised", tiny)
+    assert not r.reused and len(r.seed_means) == 2  # trained in this invocation, one mean per seed
+    assert all((j / "pseudo_labels").is_dir() for j in bench._fresh)
+
+
+def test_job_reference_overrides_resolve_to_the_same_seeds_job(tmp_path):
+    bench = harness.Bench("supervised", "noisy_organ", workdir=tmp_path, train_seeds=(3, 4))
+    jobs = bench.workdir / "jobs"
+    assert bench._values({"stage1_from": "@job:method"}, 3)["stage1_from"] == str(jobs / "method")
+    assert bench._values({"stage1_from": "@job:method"}, 4)["stage1_from"] == str(jobs / "method_s4")
+    assert bench._values({"stage1_from": "/elsewhere"}, 4)["stage1_from"] == "/elsewhere"

@@ -66,6 +66,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "full": {"engine.epochs": 100, "engine.steps_per_epoch": 20, "engine.batch_size": 16, "data.size": 96,
              "engine.probability_maps": False},
 }
+JOB_REF = "@job:"  # an override value "@job:<row>": that row's job folder for the same training seed
+
 PHANTOM_PROFILES: dict[str, dict[str, Any]] = {"quick": {"size": 64}, "long": {"size": 64}, "full": {"size": 96}}
 
 
@@ -131,7 +133,7 @@ def mean_sd(values: list[float]) -> dict[str, float]:
 class Bench:
     def __init__(self, method: str, task: str, profile: str = "quick", setting: str | None = None,
                  noise: str | float | None = None, seed: int = 0, workdir: Path | None = None, reuse: bool = False,
-                 train_seeds: tuple[int, ...] | None = None):
+                 train_seeds: tuple[int, ...] | None = None, jobs: int = 1):
         self.method, self.task, self.profile, self.setting, self.noise, self.seed = method, task, profile, setting, noise, seed
         self.reuse = reuse  # keep a finished run whose job.json matches (cohort and config)
         self.train_seeds: tuple[int, ...] = tuple(train_seeds or (seed,))  # the phantom always uses ``seed``
@@ -141,6 +143,8 @@ class Bench:
         self.phantom_info = None
         self.cohort_dir: Path | None = None  # what the method trains on
         self.runs: dict[str, RunResult] = {}
+        self.jobs = max(1, int(jobs))  # training processes run side by side by ``prefetch``
+        self._fresh: set[Path] = set()  # jobs this invocation trained in ``prefetch``
 
     # cohorts -------------------------------------------------------------------------
     def build_cohort(self) -> Path:
@@ -208,8 +212,7 @@ class Bench:
         """Train ``method`` once per training seed (same cohort) and pool the results: the
         test Dice of a case is its mean over seeds; ``seed_means`` keeps each seed's mean.
         The first seed's job (``jobs/<name>``) is the one plans and triage read."""
-        singles = [self._run_seed(name if i == 0 else f"{name}_s{s}", method, overrides, cohort, s)
-                   for i, s in enumerate(self.train_seeds)]
+        singles = [self._run_seed(self.job_name(name, s), method, overrides, cohort, s) for s in self.train_seeds]
         first = singles[0]
         if len(singles) == 1:
             rr = first
@@ -225,19 +228,63 @@ class Bench:
         self.runs[name] = rr
         return rr
 
-    def _run_seed(self, name: str, method: str, overrides: dict[str, Any] | None, cohort: Path | None,
-                  seed: int) -> RunResult:
+    def job_name(self, name: str, seed: int) -> str:
+        """The job folder name of row ``name`` for training seed ``seed``."""
+        return name if seed == self.train_seeds[0] else f"{name}_s{seed}"
+
+    def _values(self, overrides: dict[str, Any] | None, seed: int) -> dict[str, Any]:
+        """Profile settings plus ``overrides``; a value ``"@job:<row>"`` becomes the job folder
+        of row ``<row>`` trained with the same seed (e.g. a stage reused from the main run)."""
         values = dict(PROFILES[self.profile])
         values.update(overrides or {})
+        for k, v in values.items():
+            if isinstance(v, str) and v.startswith(JOB_REF):
+                values[k] = str(self.workdir / "jobs" / self.job_name(v[len(JOB_REF):], seed))
+        return values
+
+    def prefetch(self, rows: list[tuple[str, str, dict[str, Any] | None, Path | None]]) -> None:
+        """Train the jobs of ``rows`` (name, method, overrides, cohort; every training seed)
+        in ``self.jobs`` processes side by side; the later :meth:`run` of the same row picks
+        its jobs up as finished. Nothing happens with ``jobs`` = 1 (``run`` trains in process).
+        Rows are started in the order given: put the longest first."""
+        if self.jobs <= 1:
+            return
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from multiprocessing import get_context
+
+        tasks = []
+        for name, method, overrides, cohort in rows:
+            for s in self.train_seeds:
+                job_dir = self.workdir / "jobs" / self.job_name(name, s)
+                values, co = self._values(overrides, s), Path(cohort or self.cohort_dir)
+                if job_dir in self._fresh or (self.reuse and _finished(job_dir, method, co, resolve_config(
+                        method, values, seed=s)) is not None):
+                    continue
+                tasks.append((job_dir, co, method, values, s))
+        if not tasks:
+            return
+        print(f"  training {len(tasks)} jobs, {self.jobs} at a time ...", flush=True)
+        with ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn")) as ex:
+            futures = {ex.submit(_train_job, *t): t[0] for t in tasks}
+            for f in as_completed(futures):
+                wall = f.result()  # a failed job raises here, as it would in process
+                self._fresh.add(futures[f])
+                print(f"    {futures[f].name:<26} trained ({wall:.0f} s)", flush=True)
+
+    def _run_seed(self, name: str, method: str, overrides: dict[str, Any] | None, cohort: Path | None,
+                  seed: int) -> RunResult:
+        values = self._values(overrides, seed)
         cfg = resolve_config(method, values, seed=seed, device="auto")
         job_dir = self.workdir / "jobs" / name
         cohort = Path(cohort or self.cohort_dir)
-        done = _finished(job_dir, method, cohort, cfg) if self.reuse else None
+        fresh = job_dir in self._fresh
+        done = _finished(job_dir, method, cohort, cfg) if self.reuse or fresh else None
         if done is not None:
             per_case = self.test_dice(job_dir)
             rr = RunResult(name, method, job_dir, mean_sd(list(per_case.values())), per_case, done["best_val_dice"],
-                           done["wall_s"], done["epochs"], reused=True)
-            print(f"  {name:<28} test Dice {rr.test_dice['mean']:.3f} ± {rr.test_dice['sd']:.3f}  (reused)", flush=True)
+                           done["wall_s"], done["epochs"], reused=not fresh)
+            how = f"{done['wall_s']:.0f} s, in parallel" if fresh else "reused"
+            print(f"  {name:<28} test Dice {rr.test_dice['mean']:.3f} ± {rr.test_dice['sd']:.3f}  ({how})", flush=True)
             return rr
         if job_dir.exists():
             import shutil
@@ -378,6 +425,19 @@ def _finished(job_dir: Path, method: str, cohort: Path, cfg) -> dict | None:
     return {"best_val_dice": done[-1].get("best_val_dice"), "wall_s": float(done[-1].get("wall_s") or 0.0), "epochs": epochs}
 
 
+def _train_job(job_dir: Path, cohort: Path, method: str, values: dict[str, Any], seed: int) -> float:
+    """One training job in a worker process of :meth:`Bench.prefetch`; its wall time (s)."""
+    import shutil
+
+    cfg = resolve_config(method, values, seed=seed, device="auto")
+    if job_dir.exists():
+        shutil.rmtree(job_dir)
+    t0 = time.time()
+    job = create_job(job_dir, cohort, cfg, command=["benchmarks/run.py", job_dir.name])
+    run_job(job.root, progress_bar=False)
+    return time.time() - t0
+
+
 def machine() -> dict[str, Any]:
     import torch
 
@@ -397,26 +457,41 @@ def gap(method: float, low: float, oracle: float) -> float | None:
 
 def run_benchmark(method: str, task: str, profile: str = "quick", setting: str | None = None,
                   noise: str | float | None = None, seed: int = 0, ablations: bool = True,
-                  out_dir: Path | None = None, reuse: bool = False, train_seeds: tuple[int, ...] | None = None) -> dict[str, Any]:
+                  out_dir: Path | None = None, reuse: bool = False, train_seeds: tuple[int, ...] | None = None,
+                  jobs: int = 1) -> dict[str, Any]:
     t0 = time.time()
-    b = Bench(method, task, profile, setting, noise, seed, reuse=reuse, train_seeds=train_seeds)
+    b = Bench(method, task, profile, setting, noise, seed, reuse=reuse, train_seeds=train_seeds, jobs=jobs)
     print(f"[{method} on {task} {setting or ''} {noise or ''} profile={profile}] building the phantom cohort", flush=True)
     b.build_cohort()
     plan = b.plan
     train_cohort = b.cohort_dir
     runs: dict[str, RunResult] = {}
     semi = task == "noisy_organ" and (setting or "noisy") in ("semi", "mixed")
-    if "clean_only" in plan.baselines or semi:
-        runs["clean_only"] = b.run("clean_only", "supervised", {"labels": "clean", **plan.baseline_overrides})
-    if semi:
+    clean_row = ("clean_only", "supervised", {"labels": "clean", **plan.baseline_overrides}, None)
+    oracle_row = (("oracle", "supervised", {"labels": "clean", **plan.baseline_overrides}, b.oracle_cohort())
+                  if "oracle" in plan.baselines else None)
+    if semi:  # the standardized cohort needs the clean-only run first
+        b.prefetch([r for r in (clean_row, oracle_row) if r])
+        runs["clean_only"] = b.run(*clean_row[:3])
         train_cohort = b.standardized_cohort(runs["clean_only"])
         b.cohort_dir = train_cohort
+    rows = []  # what trains on the method's cohort (longest first), then the baselines
+    if method != "supervised" or plan.overrides:
+        rows.append(("method", method, plan.overrides, train_cohort))
+    if ablations:
+        rows += [(f"ablation_{v.name}", v.method or method, v.overrides, train_cohort) for v in plan.ablations]
+    if "noisy_baseline" in plan.baselines:
+        rows.append(("noisy_baseline", "supervised", {"labels": "all", **plan.baseline_overrides}, train_cohort))
+    if not semi:
+        rows += [r for r in (clean_row, oracle_row) if r and r[0] in plan.baselines]
+    b.prefetch(rows)
+    if "clean_only" in plan.baselines and not semi:
+        runs["clean_only"] = b.run(*clean_row[:3])
     if "noisy_baseline" in plan.baselines:
         runs["noisy_baseline"] = b.run("noisy_baseline", "supervised", {"labels": "all", **plan.baseline_overrides},
                                        cohort=train_cohort)
     if "oracle" in plan.baselines:
-        runs["oracle"] = b.run("oracle", "supervised", {"labels": "clean", **plan.baseline_overrides},
-                               cohort=b.oracle_cohort())
+        runs["oracle"] = b.run(*oracle_row)
     if method != "supervised" or plan.overrides:
         runs["method"] = b.run("method", method, plan.overrides, cohort=train_cohort)
     else:

@@ -35,6 +35,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
     ap.add_argument("--threads", type=int, default=0,
                     help="CPU threads per process (0: PyTorch default); 1 lets two benchmarks share 2 cores fairly")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="training processes side by side (the independent runs of a benchmark; use with --threads, "
+                         "jobs × threads ≤ cores)")
     a = ap.parse_args(argv)
     if a.threads:
         import torch
@@ -42,7 +45,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
         PROFILES[a.profile]["engine.threads"] = a.threads
     run_benchmark(a.method, a.task, a.profile, a.setting, a.noise, a.seed, not a.no_ablations, a.out, a.reuse,
-                  tuple(range(a.seed, a.seed + a.train_seeds)))
+                  tuple(range(a.seed, a.seed + a.train_seeds)), a.jobs)
     return 0
 
 

@@ -103,9 +103,11 @@ def _extra(b, result: dict) -> dict:
     # stage 2 rows, reusing the main run's stage 1
     overrides = dict(b.plan.overrides)
     stage2 = {}
-    for name, ov in _STAGE2.items():
-        r = b.run(f"stage2_{name}", b.method, {**overrides, **ov, "stage1_from": str(main.job)})
-        stage2[name] = r.test_dice
+    rows = [(f"stage2_{name}", b.method, {**overrides, **ov, "stage1_from": "@job:method"}, None)
+            for name, ov in _STAGE2.items()]  # each training seed reuses its own main run's stage 1
+    b.prefetch(rows)
+    for (row, method, ov, _), name in zip(rows, _STAGE2):
+        stage2[name] = b.run(row, method, ov).test_dice
     stage2["unet_lqss_it_wdice"] = main.test_dice
     stage2["oracle"] = b.runs["oracle"].test_dice
     out["stage2"] = stage2
