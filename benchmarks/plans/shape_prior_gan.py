@@ -9,7 +9,7 @@ Reported (in ``extra``):
   + DGCC, + VAE-D + DGCC (the main run's round-0 labels). The variants are ablation
   runs with ``rounds=0`` (G_A is the final model).
 - ``stage2``: test Dice of the paper's Table IV/VI rows, each reusing the main run's
-  stage 1 (``stage1_from``): U-Net (baseline: all pseudo labels, Dice, once), U-Net
+  stage 1 of the same training seed (``stage1_from``): U-Net (baseline: all pseudo labels, Dice, once), U-Net
   (LQSS), U-Net (LQSS + IT), U-Net (LQSS + IT + wDice) = the main run; plus the oracle.
 - ``rounds``: per round, the validation Dice and the Dice of the training pseudo labels.
 - ``triage``: mean true Dice of G_A's pseudo labels of LQSS-accepted vs rejected
