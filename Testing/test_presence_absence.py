@@ -315,3 +315,21 @@ def test_segmentation_head_learns_a_small_target_within_a_few_steps(small, learn
     inter = (pred.bool() & y.bool()).sum().item()
     dice = 2 * inter / max(1, pred.sum().item() + y.sum().item())
     assert (dice > 0.5) == learns, dice
+
+
+def test_validation_dice_is_over_present_cases_only(pa_cohort):
+    """An empty prediction scores Dice 1 on an absent image: model selection must not
+    reward a model that segments nothing."""
+    from aeseg.engine.loop import validate
+
+    data = make_method(pa_cohort).ctx.data
+    assert {r.case.presence for r in data.val.records} == {"present", "absent"}
+
+    class Empty:  # predicts background everywhere
+        def train_mode(self, training):
+            pass
+
+        def predict_proba(self, x):
+            return torch.cat([torch.ones_like(x[:, :1]), torch.zeros_like(x[:, :1])], 1)
+
+    assert validate(Empty(), data, torch.device("cpu")) == 0.0

@@ -363,10 +363,13 @@ def _eta(per_step: float, phases: list[Phase], pi: int, epoch: int, step: int, s
 
 
 def validate(method, data: CohortData, device) -> float:
-    """Mean Dice over the validation cases, on their original grids."""
+    """Mean Dice over the validation cases, on their original grids. When the cases carry
+    presence tags, over the ``present`` ones only: on an absent image Dice is 1 for an
+    empty prediction, so a model that segments nothing would score the absent share."""
     method.train_mode(False)
     scores = []
-    for rec in data.val.records:
+    records = [r for r in data.val.records if r.case.presence == "present"] or data.val.records
+    for rec in records:
         prob = predict_case(method, data.val, rec, data.config.axis, device)
         scores.append(dice(prob > 0.5, rec.label_zyx > 0))
     method.train_mode(True)
