@@ -39,6 +39,37 @@ The segmentation classifier starts from Kaiming weights like every other layer (
 method's default, ``classifier_init``). An earlier near-zero start kept the logits flat
 for hundreds of steps: every row on the codec predicted nothing (Dice 0.000), even when
 trained on the segmentation loss alone.
+
+Why the quick profile misses the target (measured with ``benchmarks/pa_probe.py``, one
+seed per row, 1 thread; single runs vary by about ±0.07 Dice):
+
+- the translation has not converged in 300 steps. The residual picks out lesions only at a
+  high threshold: Dice of ``|residual| > 0.2`` on present test images 0.10 at 300 steps,
+  0.17–0.23 at 600–1500 steps, with 2–3 % of absent-image pixels above it. The mean
+  |residual| is the same on present and absent test images (0.05–0.09 both);
+- so at 300 steps the translation losses (≈ 91 % of the normalised weight) do not help
+  the segmentation yet. At 5 %, 8 annotated images per step, seeds 0 and 1: full method 0.07
+  and 0.12; the same codec on the segmentation loss alone 0.16 and 0.14. With 2 per step
+  (the plan), seed 0: full method 0.15 (0.08 in the benchmark run), segmentation alone 0.10.
+  Differences of this size are within run-to-run noise;
+- the codec's segmentation path overfits its few masks faster than the supervised U-Net.
+  5 %, segmentation loss alone, 300 steps: 0.10 with 2 annotated images per step, 0.16 with
+  8 (the U-Net baseline sees 16: 0.20). Thresholding its probabilities at 0.05 instead of
+  0.5 gives 0.22–0.34: lesion pixels on test images get low but non-zero probability.
+  The method's "absent predicted empty" share of 0.95–1.0 in the table shows this too. The
+  head predicts almost nothing anywhere, so false positives on absent images are not the
+  problem;
+- at 1 % (one annotated image) the segmentation head fits that image (seg loss 0.006) and
+  predicts nothing on test images, at λ_seg 10 or 1 (up to 1200 steps). At the paper's
+  0.01 it stays at all-background (seg loss 0.67 after 1000 steps);
+- more steps help the method and hurt the baseline. 5 %, 1500 steps: method 0.15 (300) →
+  0.22 (1200–1500, still rising); supervised-only 0.29 (300) → 0.13 (1500; overfits, and
+  checkpoint selection would keep the 300-step model); oracle 0.55 (300) → 0.68 (1500);
+- checkpoint selection counts the absent validation images, each Dice 1 when predicted
+  empty. An all-empty model therefore scores 0.5, and at 1 % the method's "best" checkpoint
+  is its first epoch. Its last checkpoint is no better (0.000), so the table does not
+  change. Other things tried, at 5 %: spectral norm off (0.02), soft Dice alone (0.12 on
+  the segmentation loss alone, as with Dice + CE).
 """
 
 from __future__ import annotations
