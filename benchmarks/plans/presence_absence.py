@@ -65,10 +65,10 @@ seed per row, 1 thread; single runs vary by about ±0.07 Dice):
 - more steps help the method and hurt the baseline. 5 %, 1500 steps: method 0.15 (300) →
   0.22 (1200–1500, still rising); supervised-only 0.29 (300) → 0.13 (1500; overfits, and
   checkpoint selection would keep the 300-step model); oracle 0.55 (300) → 0.68 (1500);
-- checkpoint selection counts the absent validation images, each Dice 1 when predicted
-  empty. An all-empty model therefore scores 0.5, and at 1 % the method's "best" checkpoint
-  is its first epoch. Its last checkpoint is no better (0.000), so the table does not
-  change. Other things tried, at 5 %: spectral norm off (0.02), soft Dice alone (0.12 on
+- checkpoint selection counted the absent validation images, each Dice 1 when predicted
+  empty. An all-empty model scored 0.5, and at 1 % the method's "best" checkpoint was
+  its first epoch (its last checkpoint is no better, 0.000). Validation Dice is now over
+  the present images only (``engine.loop.validate``). Other things tried, at 5 %: spectral norm off (0.02), soft Dice alone (0.12 on
   the segmentation loss alone, as with Dice + CE).
 """
 
