@@ -75,7 +75,7 @@ def shape_rows(results: list[dict]) -> list[str]:
         s1s = " / ".join(f"{s1[k]['train_pseudo_label_dice']['mean']:.3f}" if k in s1 else "–"
                          for k in ("gan_baseline", "gan_vae", "gan_dgcc", "gan_vae_dgcc"))
         s2 = e.get("stage2", {})
-        s2s = " / ".join(f"{s2[k]['mean']:.3f}" if k in s2 else "–"
+        s2s = " / ".join(f"{s2[k]['mean']:.3f}" if s2.get(k) else "–"
                          for k in ("unet_baseline", "unet_lqss", "unet_lqss_it", "unet_lqss_it_wdice"))
         tri = e.get("triage", {})
         lq = (f"{tri['accepted']['mean']:.3f} / {tri['rejected']['mean']:.3f} ({tri.get('spearman_score_vs_round0_dice')})"
