@@ -53,13 +53,19 @@ Deviations, all documented and switchable where they matter:
 - ``trust_clean``: expert-labelled slices always count as clean in the exchange (the
   code ranks them like any other slice); off = as published;
 - the lowest ``correct_fraction`` is taken among *noisy* cases (the code ranks all cases
-  and then skips expert ones, so fewer noisy cases are corrected).
+  and then skips expert ones, so fewer noisy cases are corrected);
+- ``train_view`` (off = as published): the training pass's own softmax of the
+  (unaugmented) suspected-noisy images counts as one of the K views, so only K − 1 views
+  are predicted: one forward pass fewer per network and step;
+- ``correct_warmup`` (−1 = as published): a correction warm-up of its own, so that
+  corrections can be spaced out while the consistency ramp is long.
 
 Cost: besides the two networks' training passes, each network predicts K views of the
 suspected-noisy half of the batch (one batched evaluation-mode forward pass), about a
 tenth of a supervised step per view and network: a step costs about 2.2 + 0.2·K
-supervised steps (measured 3.0 with K = 4, 2.3 with K = 2, 64 px, batch 16, one CPU
-thread). The default K = 4 is the code's; the benchmark plan uses K = 2.
+supervised steps (64 px, batch 16, one CPU thread; medians of 3 rounds on a busy machine:
+2.6 with K = 2, 2.4 with K = 2 and ``train_view``, 3.2–3.6 with K = 4). The default K = 4
+is the code's; the benchmark plan uses K = 2.
 
 Limits, measured on the ``noisy_organ`` phantom (``benchmarks/plans/aide.py``): the
 small-loss exchange needs label noise whose *better* labels are not biased. There each
