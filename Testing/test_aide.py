@@ -194,6 +194,27 @@ def test_local_pseudo_labels_are_sharpened_probabilities_with_confidence(phantom
     assert s[0, 0, 0, 0] == pytest.approx(0.36 / 0.52) and confidence_weight(torch.full((1, 2, 1, 1), 0.5)).item() == 0.0
 
 
+def test_train_view_counts_the_training_prediction_as_one_view(phantom):
+    _, data, _ = phantom
+    x = data.train.images[:3]
+    m = _method(data, views=1, train_view=True)
+    own = torch.softmax(torch.randn(3, 2, 32, 32), 1)
+    calls = []
+    h = m.nets[0].register_forward_hook(lambda *a: calls.append(1))
+    prob, w = m.local_pseudo_labels(m.nets[0], x, own)
+    assert not calls  # K = 1: the training pass's prediction is the only view, no forward pass
+    assert torch.allclose(prob, own) and torch.allclose(w, 1 - 4 * own[:, :1] * own[:, 1:])
+    m.config.views = 3
+    prob3, _ = m.local_pseudo_labels(m.nets[0], x, own)
+    h.remove()
+    assert len(calls) == 1  # the other K − 1 views in one batched pass
+    assert not torch.allclose(prob3, own) and torch.allclose(prob3.sum(1), torch.ones(3, 32, 32), atol=1e-5)
+    # in a training step it is used when switched on (and changes the pseudo labels)
+    a, b = _method(data, seed=0, train_view=True), _method(data, seed=0)
+    la, lb = _epoch(a, 3)[0], _epoch(b, 3)[0]
+    assert "cons1" in la and la["cons1"] != lb["cons1"]
+
+
 @pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
 def test_correction_events_follow_the_schedule(phantom):
     _, data, _ = phantom
@@ -208,6 +229,9 @@ def test_correction_events_follow_the_schedule(phantom):
     assert len(m.history) == 4 * 2 * 1  # 4 times × 2 networks × max(1, 25 % of 6 noisy cases)
     m2 = _method(data, global_correction=False)
     assert not m2.end_epoch(StepInfo("train", 0, 7, 0, 1, 0)).events
+    # a correction warm-up of its own: every 2nd epoch from epoch 3, whatever the ramp's warm-up
+    m3 = _method(data, warmup=20, correct_warmup=0, correct_every=2, correct_start=3)
+    assert [e + 1 for e in range(7) if m3.end_epoch(StepInfo("train", e, 7, 0, 1, 0)).events] == [4, 6]
 
 
 def test_resume_gives_the_same_label_sets_and_weights(phantom):

@@ -18,25 +18,45 @@ the paper's first epochs) and corrections start at epoch 20, when the networks a
 their best before they memorise the noise. The full profile (100 epochs) uses the
 paper's warm-up of 20 epochs with corrections from epoch 15.
 
-Timing extra: the step ratio also with K = 2 views (the paper's K = 4 is the default;
-every view of the suspected-noisy half costs a forward pass of half a batch per
-network).
+Views. The benchmark runs K = 2 augmented views (the method's default is the code's
+K = 4). Each view costs each network an evaluation-mode forward pass of half a batch
+(the suspected-noisy half, all views in one batched call), about a quarter of a
+supervised training step; with two networks trained per step the floor is a ratio of
+about 2, so K = 4 measures about 3.0 and K = 2 about 2.3 (target 2.5). The paper gives
+no K; on the mid-noise phantom K = 2 did not lower test Dice (3 seeds: 0.747 with K = 2,
+0.708 with K = 4). The timing extra reports the ratio with K = 4 as well. ``train_view``
+(the training pass's prediction counts as one of the K views) saves one more forward pass
+per network, at 0.721 over the same 3 seeds.
+
+Why AIDE does not beat the noisy baseline here (measured on the mid-noise phantom,
+seed 0; see the README): the corruption is an erosion or a dilation of each case by the
+same kind of radius, and an eroded label loses more Dice than a dilated one, so the
+small-loss half of a batch is 82-95 % dilated slices (50 % in the data). The selection
+does pick the better labels (true Dice 0.68 kept against 0.53 dropped), but it breaks
+the symmetry that lets a plain U-Net trained on all labels average the noise away: the
+networks over-segment (predicted area 1.4x the truth on the noisy training slices at
+the best checkpoint; 3.5x when the consistency ramp reaches 1 at epoch 10), and a
+correction copies that bias into the labels. Ramping the consistency weight up earlier
+stalls learning (validation Dice stays at 0.45-0.57, test 0.55 with clean_ratio 0.25 and
+a 15-epoch ramp); with the 100-epoch ``long`` profile the networks memorise the noisy
+labels before the ramp ends (loss no longer ranks the labels: Spearman -0.25 against
+-0.66 in the quick run) and the corrections copy memorised noise.
 """
 
 from harness import Plan, Variant
 
 SCHEDULES = {
-    "quick": {"warmup": 30, "correct_start": 20, "correct_every": 10},
-    "long": {"warmup": 30, "correct_start": 20, "correct_every": 10},
-    "full": {"warmup": 20, "correct_start": 15, "correct_every": 10},
+    "quick": {"warmup": 30, "correct_start": 20, "correct_every": 10, "views": 2},
+    "long": {"warmup": 30, "correct_start": 20, "correct_every": 10, "views": 2},
+    "full": {"warmup": 20, "correct_start": 15, "correct_every": 10, "views": 2},
 }
 
 
 def _extra(bench, result: dict) -> dict:
     over = dict(bench.plan.overrides)
-    t2 = bench.step_times("aide", {**over, "views": 2}, cohort=bench.cohort_dir)
+    t4 = bench.step_times("aide", {**over, "views": 4}, cohort=bench.cohort_dir)
     sup = result["step_time"]["supervised_s"]
-    return {"step_time_views2": {"method_s": round(t2, 4), "ratio": round(t2 / sup, 3)}}
+    return {"step_time_views4": {"method_s": round(t4, 4), "ratio": round(t4 / sup, 3)}}
 
 
 def plan(profile: str, task: str, setting: str | None) -> Plan:
