@@ -19,6 +19,14 @@ Reported (in ``extra``):
   gave stage-1 pseudo labels of Dice 0.19 (masks in the wrong place) and a final 0.29;
 - ``round_step``: seconds per step of the iterative-training phase ÷ supervised (the
   harness's ``step_time`` times the CycleGAN phase).
+
+Sizes. The quick profile runs at 48 px: measured on seeds 1 and 2 of ``ellipse_us``, at 64
+px the oracle gains (0.824 against 0.714 / 0.705) while the method does not (0.606 / 0.647
+against 0.625 / 0.682, with 16 CycleGAN epochs), so the quick oracle is an undertrained
+reference and the 48-px difference (0.07 over 5 seeds) understates the distance to a
+converged one. G_A's validation Dice levels off after about 10 CycleGAN epochs; 36 epochs
+instead of 24 gave 0.742 / 0.613 against 0.744 / 0.625 (seeds 0 / 1). Run the quick
+benchmark with ``--jobs 2 --threads 1`` on 2 cores: its rows train side by side.
 """
 
 from __future__ import annotations
