@@ -33,7 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py --method mean_teacher --task noisy_organ
 	$(PY) benchmarks/run.py --method meta_reweight --task noisy_organ --noise mid --train-seeds 3 --no-ablations
 	$(PY) benchmarks/run.py --method aide --task noisy_organ --noise mid --train-seeds 3 --no-ablations
-	$(PY) benchmarks/run.py --method shape_prior_gan --task ellipse_us --train-seeds 3 --no-ablations
+	$(PY) benchmarks/run.py --method shape_prior_gan --task ellipse_us --train-seeds 5 --no-ablations --threads 1 --jobs 2
 	$(PY) benchmarks/run.py --method presence_absence --task lesion_pa --setting 1pct
 	$(PY) benchmarks/update_readme.py
 
