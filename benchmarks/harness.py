@@ -267,7 +267,7 @@ class Bench:
         with ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn")) as ex:
             futures = {ex.submit(_train_job, *t): t[0] for t in tasks}
             for f in as_completed(futures):
-                wall = f.result()  # a failed job raises here, as it would in process
+                wall = f.result()[0]  # a failed job raises here, as it would in process
                 self._fresh.add(futures[f])
                 print(f"    {futures[f].name:<26} trained ({wall:.0f} s)", flush=True)
 
@@ -286,16 +286,9 @@ class Bench:
             how = f"{done['wall_s']:.0f} s, in parallel" if fresh else "reused"
             print(f"  {name:<28} test Dice {rr.test_dice['mean']:.3f} ± {rr.test_dice['sd']:.3f}  ({how})", flush=True)
             return rr
-        if job_dir.exists():
-            import shutil
-
-            shutil.rmtree(job_dir)
-        t0 = time.time()
-        job = create_job(job_dir, cohort, cfg, command=["benchmarks/run.py", name])
-        res = run_job(job.root, progress_bar=False)
-        wall = time.time() - t0
-        per_case = self.test_dice(job.root)
-        rr = RunResult(name, method, job.root, mean_sd(list(per_case.values())), per_case, res.best_val_dice, wall, res.epochs_run)
+        wall, best, epochs = _train_job(job_dir, cohort, method, values, seed)
+        per_case = self.test_dice(job_dir)
+        rr = RunResult(name, method, job_dir, mean_sd(list(per_case.values())), per_case, best, wall, epochs)
         print(f"  {name:<28} test Dice {rr.test_dice['mean']:.3f} ± {rr.test_dice['sd']:.3f}  ({wall:.0f} s)", flush=True)
         return rr
 
@@ -425,8 +418,10 @@ def _finished(job_dir: Path, method: str, cohort: Path, cfg) -> dict | None:
     return {"best_val_dice": done[-1].get("best_val_dice"), "wall_s": float(done[-1].get("wall_s") or 0.0), "epochs": epochs}
 
 
-def _train_job(job_dir: Path, cohort: Path, method: str, values: dict[str, Any], seed: int) -> float:
-    """One training job in a worker process of :meth:`Bench.prefetch`; its wall time (s)."""
+def _train_job(job_dir: Path, cohort: Path, method: str, values: dict[str, Any],
+               seed: int) -> tuple[float, float | None, int]:
+    """One training job, fresh (in process, or in a worker of :meth:`Bench.prefetch`):
+    (wall time in s, best validation Dice, epochs run)."""
     import shutil
 
     cfg = resolve_config(method, values, seed=seed, device="auto")
@@ -434,8 +429,8 @@ def _train_job(job_dir: Path, cohort: Path, method: str, values: dict[str, Any],
         shutil.rmtree(job_dir)
     t0 = time.time()
     job = create_job(job_dir, cohort, cfg, command=["benchmarks/run.py", job_dir.name])
-    run_job(job.root, progress_bar=False)
-    return time.time() - t0
+    res = run_job(job.root, progress_bar=False)
+    return time.time() - t0, res.best_val_dice, res.epochs_run
 
 
 def machine() -> dict[str, Any]:
