@@ -23,7 +23,7 @@ from harness import PROFILES, load_plan
 from aeseg.cohort.manifest import load_cohort
 from aeseg.cohort.reading import read_label
 from aeseg.data.dataset import load_cohort_data
-from aeseg.engine.config import resolve_config
+from aeseg.engine.config import parse_sets, resolve_config
 from aeseg.engine.device import seed_everything
 from aeseg.engine.inference import predict_case
 from aeseg.methods.base import MethodContext, StepInfo
@@ -31,17 +31,11 @@ from aeseg.methods.registry import get_method
 from aeseg.quality.metrics import dice
 
 setting, steps, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-kv = dict(a.split("=", 1) for a in sys.argv[4:])
+kv = parse_sets(sys.argv[4:])  # strings: resolve_config coerces them as for aeseg --set
 method = kv.pop("method", "presence_absence")
 cohort = kv.pop("cohort", "cohort")
 base = kv.pop("base", "plan")
 seed = int(kv.pop("seed", 0))
-def conv(v):
-    for f in (int, float):
-        try: return f(v)
-        except ValueError: pass
-    return {"True": True, "False": False}.get(v, v)
-kv = {k: conv(v) for k, v in kv.items()}
 work = Path(__file__).resolve().parent / "work" / f"presence_absence_lesion_pa_{setting}_quick_0"
 plan = load_plan("presence_absence", "quick", "lesion_pa", setting)
 values = dict(PROFILES["quick"])
