@@ -129,3 +129,19 @@ def test_set_values_go_to_the_method_and_its_ablations_only():
     assert plan.overrides == {"rounds": 4, "history_pool": 50}
     assert plan.ablations[0].overrides == {"dgcc": False, "history_pool": 50}
     assert plan.ablations[1].overrides == {"x": 1}  # another method's row keeps its settings
+
+
+def test_supervised_reference_step_is_timed_where_there_are_labels(tmp_path):
+    """A task without training labels (ellipse_us) times the supervised reference on the
+    oracle cohort: on its own cohort every supervised batch is empty and the step returns
+    at once, which made steptime.py report a GAN step 961× a supervised one."""
+    bench = harness.Bench("shape_prior_gan", "ellipse_us", workdir=tmp_path)
+    bench.plan.phantom = {"size": 32, "n_train": 4, "n_val": 1, "n_test": 1}
+    bench.build_cohort()
+    assert bench.reference_cohort() == bench.oracle_cohort()
+    ref = load_cohort(bench.reference_cohort())
+    assert any(c.split == "train" and c.label_kind == "clean" for c in ref.cases)
+    labelled = harness.Bench("supervised", "noisy_organ", workdir=tmp_path / "organ")
+    labelled.plan.phantom = {"size": 32, "n_slices": 4, "n_train": 4, "n_val": 1, "n_test": 1}
+    labelled.build_cohort()
+    assert labelled.reference_cohort() == labelled.cohort_dir

@@ -5,7 +5,7 @@ is measured once, at the end of a run, on whatever else the machine is doing the
 script measures it ``--rounds`` times on an existing benchmark cohort (the run's
 ``benchmarks/work/...`` folder, or a fresh phantom), alternating supervised and method
 steps, and prints every ratio and their median. Run it on an otherwise idle machine.
-Writes ``benchmarks/results/steptime/<method>_<task>.json``.
+Writes ``benchmarks/results/steptime/<method>_<task>[_<profile>][_<set>...].json`` (no profile suffix for quick).
 """
 
 from __future__ import annotations
@@ -44,14 +44,14 @@ def main(argv=None) -> int:
     b.build_cohort()
     overrides = {**b.plan.overrides, **parse_sets(a.set)}  # strings: resolve_config coerces them as for aeseg --set
     ratios = [b.step_ratio(overrides) for _ in range(a.rounds)]
-    out = {"method": a.method, "task": a.task, "settings": a.set, "rounds": ratios,
+    out = {"method": a.method, "task": a.task, "profile": a.profile, "settings": a.set, "rounds": ratios,
            "median_ratio": round(statistics.median(r["ratio"] for r in ratios), 3),
            "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime())}
     for r in ratios:
         print(f"  method {r['method_s']:.4f} s / supervised {r['supervised_s']:.4f} s = {r['ratio']:.2f}")
     print(f"  median ratio {out['median_ratio']}")
     path = Path(__file__).resolve().parent / "results" / "steptime" / \
-        f"{a.method}_{a.task}{''.join('_' + s.replace('=', '') for s in a.set)}.json"
+        f"{a.method}_{a.task}{'' if a.profile == 'quick' else '_' + a.profile}{''.join('_' + s.replace('=', '') for s in a.set)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     return 0

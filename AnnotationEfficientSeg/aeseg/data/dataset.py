@@ -11,7 +11,6 @@ Small and medium cohorts (hundreds of volumes at 64–256 px) fit in memory.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -24,7 +24,7 @@ from torch import nn
 from ..cohort.summary import CohortSummary  # noqa: F401  (re-exported for methods)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..data.dataset import CohortData, SliceSet
+    from ..data.dataset import CohortData
     from ..engine.job import JobFolder
 
 
