@@ -50,6 +50,17 @@ settles near 0.63) and moves with the host's floating-point kernels, so 3 seeds 
 settle it. ``train_view``: 0.707 over the same 6 seeds (24 %); ``clean_ratio`` 0.75 instead
 of 0.5: 0.712 over seeds 0–2 (0.769 with 0.5). Step ratio on that host (``steptime.py``,
 5 rounds, idle): 2.89 with K = 2, 2.57 with ``train_view`` (2.62 / 2.36 on the earlier one).
+
+Tried next (same host, 6 seeds): corrections only at epochs 20 and 30 (``--set
+correct_warmup=0``) 0.714 (28 %). Ranking each batch by cross-entropy alone (the Dice term
+is what favours dilated labels) 0.679, and a floor of 0.3 on the Dice between a correction
+and the label it replaces 0.714; neither is kept in the method. Both failed through
+corrections that copy whole-body predictions (the networks segment the body outline instead
+of the organ in some cases; Dice 0.35–0.46 with a dilated label, so a floor does not stop
+it): the final label sets were 2–3.7x the true area. With the plan's settings the corrected
+labels improve in every seed (0.618 to 0.70–0.77 against the truth, ``train_view`` run) but
+are 1.45–1.8x the true area; the test predictions are 1.3–2.1x it, the noisy baseline's
+1.34–1.93x, the oracle's 1.19x.
 """
 
 from harness import Plan, Variant

@@ -38,6 +38,12 @@ in the plan. On this host the U-Net of the rounds often ends below G_A's best ep
 validation cases (seed 0: G_A's best epoch 0.647, ends of rounds 1–3 0.565–0.579); the
 final model is the best single epoch (``engine.final=best``), a round's in 4 of the 5 seeds of
 the pool run (G_A's in the fifth).
+
+Stage 1 alone (``rounds=0``, seeds 0 / 1, same host): 100 VAE epochs instead of 6 (VAE loss
+350 to 77) gave pseudo labels of 0.590 / 0.521 against 0.586 / 0.480; the full profile's
+network sizes at 48 px 0.270 / 0.551, 3.7x slower. The full profile's CycleGAN step is 3.25 s
+on one thread (114x a supervised step, ``steptime.py --profile full``): about 65 min of
+CycleGAN per seed; not run.
 """
 
 from __future__ import annotations
