@@ -168,7 +168,7 @@ def _extra(b, result: dict) -> dict:
     }
 
     # step times: the harness timed the CycleGAN phase (``timing_phase``) against supervised
-    # steps on the oracle cohort (the training cohort has no label); a round against the same
+    # steps on the oracle cohort (the training cohort has no label); a round is timed against the same.
     t_round = b.step_times(b.method, {**overrides, "stage1_from": str(main.job)}, phase_index=0)
     sup = result["step_time"]["supervised_s"]
     result["step_time"]["phase"] = "cyclegan"
