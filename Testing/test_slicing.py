@@ -51,6 +51,23 @@ def test_normalisation_modes():
     np.testing.assert_allclose(out[mid], (mr[mid] - lo) / (hi - lo) * 2 - 1, atol=1e-4)
 
 
+def test_window_normalisation_is_the_same_for_every_case():
+    """A fixed window maps a pixel value to the same output whatever else the case holds
+    (per-case percentiles do not: a bright spot rescales the whole image)."""
+    rng = np.random.default_rng(1)
+    base = rng.uniform(80, 180, size=(1, 1, 16, 16)).astype(np.float32)
+    spot = base.copy()
+    spot[..., 4:8, 4:8] = 250.0
+    cfg = DataConfig(intensity="window", window_low=0, window_high=255)
+    a, b = normalise(base, cfg), normalise(spot, cfg)
+    np.testing.assert_allclose(a[..., 8:, 8:], b[..., 8:, 8:], atol=1e-6)
+    np.testing.assert_allclose(a, base / 255.0 * 2 - 1, atol=1e-5)
+    pa, pb = normalise(base, DataConfig()), normalise(spot, DataConfig())
+    assert np.abs(pa[..., 8:, 8:] - pb[..., 8:, 8:]).max() > 0.05
+    with pytest.raises(ConfigError, match="window_high"):
+        normalise(base, DataConfig(intensity="window", window_low=10, window_high=10))
+
+
 def test_resize_nearest_keeps_label_values_and_probabilities_map_back():
     lab = np.zeros((2, 1, 10, 14), np.float32)
     lab[:, :, 2:8, 3:11] = 1

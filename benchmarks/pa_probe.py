@@ -36,6 +36,7 @@ method = kv.pop("method", "presence_absence")
 cohort = kv.pop("cohort", "cohort")
 base = kv.pop("base", "plan")
 seed = int(kv.pop("seed", 0))
+pics = kv.pop("pics", None)  # folder: a PNG montage of 8 present + 4 absent test images per report
 work = Path(__file__).resolve().parent / "work" / f"presence_absence_lesion_pa_{setting}_quick_0"
 plan = load_plan("presence_absence", "quick", "lesion_pa", setting)
 values = dict(PROFILES["quick"])
@@ -83,8 +84,22 @@ def evaluate():
         pa = np.stack([predict_case(m, s, r, cfg.data.axis, ctx.device)[0] for r in absn])
         res["prob_thr"] = [(t, round(float(np.mean([dice(a > t, b) for a, b in zip(ps, tp)])), 3), round(float(np.mean(pa > t)), 4)) for t in (0.05, 0.2, 0.5)]
         res["resid(thr,presDice,absArea)"] = out + [("mean|r| P/A", round(float(rp.mean()), 3), round(float(ra.mean()), 3))]
+        if pics:
+            save_montage(s, pres[:8] + absn[:4], ps[:8].tolist() + pa[:4].tolist())
     m.train_mode(True)
     return res
+def save_montage(s, recs, probs):
+    """Rows: image, absence image, |residual| (×2), segmentation probability, truth."""
+    from PIL import Image
+    x = torch.cat([s.images[r.start:r.start + 1] for r in recs])
+    ab, re = m.translate(x)
+    rows = [x[:, 0].numpy() * 0.5 + 0.5, ab[:, 0].numpy() * 0.5 + 0.5, np.clip(re.abs().amax(1).numpy() * 2, 0, 1),
+            np.stack([np.asarray(p) for p in probs]), np.stack([tl[r.case_id][0] for r in recs]).astype(float)]
+    grid = np.concatenate([np.concatenate(list(r), 1) for r in rows], 0)
+    Path(pics).mkdir(parents=True, exist_ok=True)
+    im = Image.fromarray((np.clip(grid, 0, 1) * 255).astype(np.uint8))
+    im.resize((im.width * 2, im.height * 2), 0).save(Path(pics) / f"step{step_no:05d}.png")
+step_no = 0
 phases = m.phases(cfg.engine.epochs)
 ph = phases[0]
 m.begin_phase(ph)
@@ -105,6 +120,7 @@ for i in range(steps):
     for k, v in out.items():
         acc.setdefault(k, []).append(v)
     if (i + 1) % every == 0:
+        step_no = i + 1
         r = evaluate()
         ls = " ".join(f"{k}={np.mean(v):.3f}" for k, v in acc.items())
         acc = {}

@@ -3,7 +3,12 @@
 Normalisation modes:
 - ``percentile`` (MR, ultrasound, X-ray): the 1st–99th percentiles of the case → [-1, 1], clipped;
 - ``ct``: a Hounsfield window (default soft tissue, -160…240 HU) → [-1, 1], clipped;
-- ``minmax``: the case's range → [-1, 1].
+- ``minmax``: the case's range → [-1, 1];
+- ``window``: a fixed intensity window ``[window_low, window_high]`` → [-1, 1], clipped, the
+  same for every case (8-bit images: 0…255). Use it when the presence or absence of the
+  target changes a case's own percentiles or range: a bright lesion moves the 99th
+  percentile, so per-case scaling gives present and absent images different contrast
+  (measured on ``lesion_pa``: see ``benchmarks/plans/presence_absence.py``).
 Normalisation is computed per case over the whole volume, so all slices of a case
 share one mapping.
 """
@@ -27,9 +32,11 @@ class DataConfig:
 
     size: int = field(default=64, metadata={"help": "in-plane size (pixels) slices are resized to", "min": 16, "max": 1024})
     axis: int = field(default=2, metadata={"help": "slice axis: 0 sagittal, 1 coronal, 2 axial", "min": 0, "max": 2})
-    intensity: Literal["percentile", "ct", "minmax"] = field(default="percentile", metadata={"help": "intensity normalisation"})
+    intensity: Literal["percentile", "ct", "minmax", "window"] = field(default="percentile", metadata={"help": "intensity normalisation"})
     ct_window_low: float = field(default=-160.0, metadata={"help": "CT window lower bound (HU)"})
     ct_window_high: float = field(default=240.0, metadata={"help": "CT window upper bound (HU)"})
+    window_low: float = field(default=0.0, metadata={"help": "fixed window lower bound for 'window' normalisation (image units)"})
+    window_high: float = field(default=255.0, metadata={"help": "fixed window upper bound for 'window' normalisation (image units; 255 for 8-bit images)"})
     percentile_low: float = field(default=1.0, metadata={"help": "lower percentile for 'percentile' normalisation", "min": 0, "max": 50})
     percentile_high: float = field(default=99.0, metadata={"help": "upper percentile for 'percentile' normalisation", "min": 50, "max": 100})
     label_value: int = field(default=0, metadata={"help": "label value of the target in multi-label files (0: any non-zero)", "min": 0})
@@ -46,7 +53,11 @@ def intensity_transform(cfg: DataConfig):
         return ScaleIntensityRange(a_min=cfg.ct_window_low, a_max=cfg.ct_window_high, b_min=-1.0, b_max=1.0, clip=True)
     if cfg.intensity == "minmax":
         return ScaleIntensity(minv=-1.0, maxv=1.0, channel_wise=True)
-    raise ConfigError(f"unknown intensity normalisation '{cfg.intensity}'; use percentile, ct or minmax")
+    if cfg.intensity == "window":
+        if cfg.window_high <= cfg.window_low:
+            raise ConfigError("window_high must be above window_low")
+        return ScaleIntensityRange(a_min=cfg.window_low, a_max=cfg.window_high, b_min=-1.0, b_max=1.0, clip=True)
+    raise ConfigError(f"unknown intensity normalisation '{cfg.intensity}'; use percentile, ct, minmax or window")
 
 
 def normalise(image_czyx: np.ndarray, cfg: DataConfig) -> np.ndarray:
