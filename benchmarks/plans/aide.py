@@ -61,6 +61,13 @@ it): the final label sets were 2–3.7x the true area. With the plan's settings 
 labels improve in every seed (0.618 to 0.70–0.77 against the truth, ``train_view`` run) but
 are 1.45–1.8x the true area; the test predictions are 1.3–2.1x it, the noisy baseline's
 1.34–1.93x, the oracle's 1.19x.
+
+Tried in session 6 (same host, 6 seeds): write a correction only where the two networks'
+predictions of the case agree (Dice ≥ 0.5 between them) — 0.703 (0.765 / 0.762 / 0.659 /
+0.621 / 0.641 / 0.772; 22 %), step ratio 2.86, Spearman 0.74. Seeds 0, 1, 3, 4 and 5 came out
+exactly as the plan's run: the guard never fired in them, so the two networks agree on the
+corrections that fail, whole-body ones included. The mistake is shared, not one network's;
+a guard between the peers cannot catch it. Not kept in the method.
 """
 
 from harness import Plan, Variant
