@@ -47,16 +47,15 @@ def intensity_transform(cfg: DataConfig):
     if cfg.intensity == "percentile":
         return ScaleIntensityRangePercentiles(lower=cfg.percentile_low, upper=cfg.percentile_high,
                                               b_min=-1.0, b_max=1.0, clip=True, channel_wise=True)
-    if cfg.intensity == "ct":
-        if cfg.ct_window_high <= cfg.ct_window_low:
-            raise ConfigError("ct_window_high must be above ct_window_low")
-        return ScaleIntensityRange(a_min=cfg.ct_window_low, a_max=cfg.ct_window_high, b_min=-1.0, b_max=1.0, clip=True)
+    if cfg.intensity in ("ct", "window"):  # a fixed window: HU for CT, image units otherwise
+        ct = cfg.intensity == "ct"
+        low, high = (cfg.ct_window_low, cfg.ct_window_high) if ct else (cfg.window_low, cfg.window_high)
+        prefix = "ct_window" if ct else "window"
+        if high <= low:
+            raise ConfigError(f"{prefix}_high must be above {prefix}_low")
+        return ScaleIntensityRange(a_min=low, a_max=high, b_min=-1.0, b_max=1.0, clip=True)
     if cfg.intensity == "minmax":
         return ScaleIntensity(minv=-1.0, maxv=1.0, channel_wise=True)
-    if cfg.intensity == "window":
-        if cfg.window_high <= cfg.window_low:
-            raise ConfigError("window_high must be above window_low")
-        return ScaleIntensityRange(a_min=cfg.window_low, a_max=cfg.window_high, b_min=-1.0, b_max=1.0, clip=True)
     raise ConfigError(f"unknown intensity normalisation '{cfg.intensity}'; use percentile, ct, minmax or window")
 
 
