@@ -68,6 +68,17 @@ predictions of the case agree (Dice ≥ 0.5 between them) — 0.703 (0.765 / 0.7
 exactly as the plan's run: the guard never fired in them, so the two networks agree on the
 corrections that fail, whole-body ones included. The mistake is shared, not one network's;
 a guard between the peers cannot catch it. Not kept in the method.
+
+Tried in session 7 (same host, 6 seeds). The label sets that run left behind (the final
+``corrections/``) were 2.6–3.5x the true area in five seeds and further from the truth than
+the given labels (mean Dice 0.52–0.59 against 0.618), and validation Dice fell in the last
+epochs as the consistency weight approached 1 (seed 0: 0.676 → 0.446 at epoch 30). So the
+ramp was held lower: ``--set warmup=45 --set correct_warmup=30`` (the same corrections after
+every epoch from 20, r ≤ 0.42 instead of 0.93): 0.706 (0.729 / 0.729 / 0.720 / 0.673 / 0.708
+/ 0.674; 23 %), step ratio 2.86, Spearman 0.75. The corrected label sets now improve in every
+seed (0.618 → 0.68–0.76 against the truth, 1.5–2.0x the true area) and validation Dice no
+longer collapses, but the test Dice is lower: the seeds that reached ~0.77 needed the high
+ramp. Not in the plan.
 """
 
 from harness import Plan, Variant
