@@ -18,7 +18,7 @@ empty is reported next to it):
 - ablation ``mean_teacher`` — the project's mean-teacher baseline (``mean_teacher``);
 - full profile only: ``p_to_a`` (no A→P translation) and ``separate_decoder``.
 
-Every row trains 900 optimiser steps (90 epochs of 10) and keeps its best checkpoint by
+Every row trains 900 optimiser steps (90 epochs of 10; 2700 in the ``long`` profile) and keeps its best checkpoint by
 validation Dice over the present validation images; every row reads the 8-bit images
 through the same fixed intensity window (``data.intensity=window``, 0…255).
 
