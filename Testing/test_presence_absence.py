@@ -102,6 +102,44 @@ def test_segmentation_shares_residual_convs_but_not_normalisation():
     assert not torch.allclose(s0, s1)
 
 
+def test_adaptive_segmentation_norms_come_from_each_images_code():
+    """seg_norm=adain (the reference code): the segmentation norms' scales and shifts are
+    predicted per image from its code; the translation never touches the style MLP."""
+    net = codec(seg_norm="adain", image_size=SIZE)
+    dec = net.residual_dec
+    assert dec.code_grid == 4  # 32 px through 3 stride-2 convolutions: the bottleneck's own side
+    x = images()
+    net.zero_grad(set_to_none=True)
+    net.residual(net.encode(x)).square().sum().backward()
+    assert all(p.grad is None for p in dec.style.parameters())
+    net.zero_grad(set_to_none=True)
+    net.segment(net.encode(x)).square().sum().backward()
+    assert all(p.grad is not None for p in dec.style.parameters())
+    net.eval()
+    with torch.no_grad():
+        code = net.encode(x)
+        styles = [s for s in dec.styles(code.full) if s is not None]
+        assert len(styles) == len([m for m in _switch_norms(dec) if m.adain]) > 0
+        assert not torch.allclose(styles[0][0], styles[0][1])  # one set per image
+        # per image: the first image's segmentation does not depend on the rest of the batch
+        assert torch.allclose(net.segment(code)[:1], net.segment(code.select(slice(0, 1))), atol=1e-5)
+    # a zero style is a plain instance norm: zeroing the MLP's last layer changes the
+    # segmentation, and every norm then gives zero-mean, unit-variance channels
+    plain = codec(seg_norm="adain", image_size=SIZE, spectral=False).eval()
+    with torch.no_grad():
+        code = plain.encode(x)
+        s0 = plain.segment(code)
+        plain.residual_dec.style.output.weight.zero_()
+        plain.residual_dec.style.output.bias.zero_()
+        norm = plain.residual_dec.out_norm
+        h = torch.randn(2, norm.channels, 8, 8) * 3 + 1
+        y = norm(h, 1, plain.residual_dec.styles(code.full[:2])[-1])
+        assert torch.allclose(y.mean((2, 3)), torch.zeros(2, norm.channels), atol=1e-4)
+        assert not torch.allclose(s0, plain.segment(code))
+    with pytest.raises(ValueError, match="segmentation normalisation"):
+        codec(seg_norm="batch")
+
+
 def _switch_norms(dec):
     from aeseg.nets.pa_codec import SwitchNorm
 

@@ -25,8 +25,10 @@ reference code does). AMSGrad, β = (0.5, 0.999), lr 1e-4 (paper; the code uses 
 Ablations as switches: ``translation`` both / ``p_to_a`` (no A→P, no cycle, no P
 discriminator) / ``none`` (reconstruction only: with ``lambda_lat=0``, ``cycle=False``
 and weights rec = seg = 1 this is the paper's autoencoding baseline on the same
-network), ``cycle``, ``seg_decoder`` shared / separate, ``skips``, ``enc_norm`` and
-``dec_norm``, ``spectral_norm``.
+network), ``cycle``, ``seg_decoder`` shared / separate, ``seg_norm`` static / adain (the
+segmentation norms as learnt parameters, or as the reference code's adaptive instance
+norms predicted from each image's code), ``skips``, ``enc_norm`` and ``dec_norm``,
+``spectral_norm``.
 
 Outputs besides the segmentation: per case ``maps/<case>/absence.nrrd`` (the
 healthy-looking translation ``g_com(c)``) and ``maps/<case>/residual.nrrd`` (``g_res(c, u)``),
@@ -70,6 +72,7 @@ class PresenceAbsenceConfig(NetConfig):
     translation: Literal["both", "p_to_a", "none"] = field(default="both", metadata={"help": "translation directions: P→A and A→P (paper), P→A only, or none (reconstruction only)"})
     cycle: bool = field(default=True, metadata={"help": "A→P→A cycle-consistency loss (needs translation=both)"})
     seg_decoder: Literal["shared", "separate"] = field(default="shared", metadata={"help": "segment with the residual decoder (own norm parameters, 1×1 classifier) or a separate decoder"})
+    seg_norm: Literal["static", "adain"] = field(default="static", metadata={"help": "the shared decoder's segmentation norms: learnt per-channel parameters (paper text) or adaptive instance norms whose parameters an MLP predicts from each image's code (reference code)"})
     skips: Literal["compressed", "full", "sum", "none"] = field(default="compressed", metadata={"help": "long skips: 1×1-conv-compressed + instance norm (paper), full concatenation, sum, none"})
     skip_full_res: bool = field(default=True, metadata={"help": "also skip the full-resolution level (reference code); off: skips from every level but the first (paper text)"})
     enc_norm: Literal["instance", "layer", "batch"] = field(default="instance", metadata={"help": "encoder normalisation (paper: instance)"})
@@ -146,7 +149,7 @@ class PresenceAbsence(Method):
         self.codec = PACodec(CodecConfig(in_channels=ctx.in_channels, features=c.features, depth=self.depth,
                                          unique_fraction=c.unique_fraction, enc_norm=c.enc_norm, dec_norm=c.dec_norm,
                                          skips=c.skips, skip_full_res=c.skip_full_res, short_skips=c.res_units > 0, seg_decoder=c.seg_decoder,
-                                         spectral=c.spectral_norm,
+                                         spectral=c.spectral_norm, seg_norm=c.seg_norm, image_size=size,
                                          small_classifier=c.classifier_init == "small")).to(ctx.device)
         self.weights = loss_weights(c)
         betas = (c.beta1, 0.999)

@@ -43,6 +43,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from monai.networks.layers.utils import get_norm_layer
+from monai.networks.nets import FullyConnectedNet
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -85,14 +86,31 @@ class SwitchNorm(nn.Module):
     """One normalisation layer per decoder task; ``mode`` picks the parameter set
     (0: translation, 1: segmentation; Sec. III-D, "a different normalization is applied
     to each layer depending on whether the output is a translation residual or a
-    segmentation")."""
+    segmentation").
 
-    def __init__(self, kind: str, channels: int, modes: int = 1):
+    ``adain=True`` makes the segmentation mode an adaptive instance norm, as in the
+    reference code: instance normalisation without parameters of its own, then a
+    per-sample scale and shift ``style = (γ, β)`` that the decoder predicts from the
+    input's code (:class:`Decoder`). The scale is ``1 + γ`` so that ``style = 0`` is a
+    plain instance norm (the reference code uses ``γ`` directly; same function class)."""
+
+    def __init__(self, kind: str, channels: int, modes: int = 1, adain: bool = False):
         super().__init__()
-        self.norms = nn.ModuleList([make_norm(kind, channels) for _ in range(modes)])
+        norms = [make_norm(kind, channels) for _ in range(modes)]
+        if adain and modes > 1:
+            norms[1] = get_norm_layer(("instance", {"affine": False}), spatial_dims=2, channels=channels)
+        self.norms = nn.ModuleList(norms)
+        self.adain = adain and modes > 1
+        self.channels = channels
 
-    def forward(self, x: torch.Tensor, mode: int = 0) -> torch.Tensor:
-        return self.norms[mode](x)
+    def forward(self, x: torch.Tensor, mode: int = 0, style: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.norms[mode](x)
+        if mode == 1 and self.adain:
+            if style is None:
+                raise ValueError("an adaptive segmentation norm needs its style parameters")
+            gamma, beta = style[:, :self.channels, None, None], style[:, self.channels:, None, None]
+            h = h * (1 + gamma) + beta
+        return h
 
 
 class NRC(nn.Module):
@@ -101,21 +119,22 @@ class NRC(nn.Module):
     1×1 conv when the shape changes). ``pre=False`` drops norm and ReLU (Table I's "C")."""
 
     def __init__(self, cin: int, cout: int, kernel: int, norm: str, modes: int = 1, down: bool = False,
-                 up: bool = False, short_skip: bool = False, pre: bool = True):
+                 up: bool = False, short_skip: bool = False, pre: bool = True, adain: bool = False):
         super().__init__()
         self.up = up
-        self.norm = SwitchNorm(norm, cin, modes) if pre else None
+        self.norm = SwitchNorm(norm, cin, modes, adain) if pre else None
         self.conv = conv(cin, cout, kernel, stride=2 if down else 1)
         self.shortcut: nn.Module | None = None
         if short_skip:
             self.shortcut = nn.Identity() if (cin == cout and not down) else conv(cin, cout, 1, stride=2 if down else 1)
 
-    def forward(self, x: torch.Tensor, mode: int = 0, size: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mode: int = 0, size: tuple[int, int] | None = None,
+                style: torch.Tensor | None = None) -> torch.Tensor:
         if self.up:
             x = F.interpolate(x, size=size, mode="nearest")
         h = x
         if self.norm is not None:
-            h = F.relu(self.norm(h, mode))
+            h = F.relu(self.norm(h, mode, style))
         out = self.conv(h)
         if self.shortcut is not None:
             out = out + self.shortcut(x)
@@ -181,16 +200,25 @@ class Decoder(nn.Module):
 
     ``modes=2`` gives every normalisation layer a second parameter set for the
     segmentation mode, whose output layer is the 1×1 ``classifier`` (Eq. 4):
-    ``g_seg = s ∘ ĝ_res``.
+    ``g_seg = s ∘ ĝ_res``. ``seg_norm`` says what that set is: ``static`` — learnt
+    per-channel scales and shifts of the decoder's norm kind (the paper's text);
+    ``adain`` — adaptive instance norms whose scales and shifts an MLP predicts from the
+    code ``z`` of each input (the reference code: 4 linear layers, 256 hidden units), so
+    the segmentation can switch channels on or off per image from what the code holds.
+    The code is average-pooled to ``code_grid`` × ``code_grid`` before the MLP (the
+    bottleneck's own size when the codec is built for its image size: no pooling).
     """
 
     def __init__(self, in_channels: int, out_channels: int, features: int, depth: int, kernel: int = 3,
                  norm: str = "layer", skips: str = "compressed", short_skips: bool = False, modes: int = 1,
                  classes: int | None = None, out_kernel: int | None = None, skip_full_res: bool = True,
-                 small_classifier: bool = False):
+                 small_classifier: bool = False, seg_norm: str = "static", code_grid: int = 1):
         super().__init__()
         if skips not in ("compressed", "full", "sum", "none"):
             raise ValueError(f"unknown long skip type '{skips}'")
+        if seg_norm not in ("static", "adain"):
+            raise ValueError(f"unknown segmentation normalisation '{seg_norm}'; use static or adain")
+        adain = seg_norm == "adain" and modes > 1
         self.skip_kind = skips
         ch = [features * 2**i for i in range(depth)]  # encoder channels per level
         self.levels = list(range(depth - 2, -1, -1))  # decoder block i ends at encoder level levels[i]
@@ -200,7 +228,8 @@ class Decoder(nn.Module):
         cin = in_channels
         for i, lvl in enumerate(self.levels):
             cout = ch[lvl]
-            self.blocks.append(NRC(cin, cout, kernel, norm, modes, up=True, pre=i > 0, short_skip=short_skips and i > 0))
+            self.blocks.append(NRC(cin, cout, kernel, norm, modes, up=True, pre=i > 0, short_skip=short_skips and i > 0,
+                                   adain=adain))
             cin = cout
             if not self.skip_at[i]:
                 continue
@@ -209,8 +238,13 @@ class Decoder(nn.Module):
                 cin = cout + 1
             elif skips == "full":
                 cin = cout + ch[lvl]
-        self.out_norm = SwitchNorm(norm, cin, modes)
+        self.out_norm = SwitchNorm(norm, cin, modes, adain)
         self.out_conv = conv(cin, out_channels, out_kernel or kernel)
+        self.code_grid = code_grid
+        self.style: FullyConnectedNet | None = None
+        if adain:  # the reference code's MLP: in → 256 → 256 → 256 → (γ, β) of every adaptive norm
+            n_style = 2 * sum(m.channels for m in self.modules() if isinstance(m, SwitchNorm) and m.adain)
+            self.style = FullyConnectedNet(in_channels * code_grid * code_grid, n_style, [256, 256, 256], act="RELU")
         self.classifier = conv(cin, classes, 1) if (modes > 1 and classes) else None
         if small_classifier and self.classifier is not None:
             _small_init(self.classifier)
@@ -218,10 +252,24 @@ class Decoder(nn.Module):
             _small_init(self.out_conv)
         self.modes = modes
 
+    def styles(self, z: torch.Tensor) -> list[torch.Tensor | None]:
+        """Per block, then the output norm: the (γ, β) of its adaptive norm predicted from
+        ``z`` (``None`` where a block has no norm)."""
+        flat = self.style(F.adaptive_avg_pool2d(z, self.code_grid))
+        out, j = [], 0
+        for m in [b.norm for b in self.blocks] + [self.out_norm]:
+            if m is None:
+                out.append(None)
+                continue
+            out.append(flat[:, j:j + 2 * m.channels])
+            j += 2 * m.channels
+        return out
+
     def forward(self, z: torch.Tensor, skips: list[torch.Tensor], sizes: list[tuple[int, int]], mode: int = 0) -> torch.Tensor:
+        styles = self.styles(z) if (mode == 1 and self.style is not None) else [None] * (len(self.blocks) + 1)
         h = z
         for i, (block, lvl) in enumerate(zip(self.blocks, self.levels)):
-            h = block(h, mode, size=sizes[lvl])
+            h = block(h, mode, size=sizes[lvl], style=styles[i])
             if not self.skip_at[i]:
                 continue
             if self.skip_kind == "compressed":
@@ -230,7 +278,7 @@ class Decoder(nn.Module):
                 h = torch.cat([h, skips[lvl]], dim=1)
             elif self.skip_kind == "sum":
                 h = h + skips[lvl]
-        h = F.relu(self.out_norm(h, mode))
+        h = F.relu(self.out_norm(h, mode, styles[-1]))
         if mode == 1:
             if self.classifier is None:
                 raise ValueError("this decoder has no segmentation mode")
@@ -253,6 +301,18 @@ class CodecConfig:
     spectral: bool = True
     classes: int = 2
     small_classifier: bool = False  # near-zero classifier weights (see _small_init); else Kaiming (Sec. IV-B)
+    seg_norm: Literal["static", "adain"] = "static"  # the segmentation mode's norms (see Decoder)
+    image_size: int | None = None  # the side of the training images: sets the style MLP's input (adain)
+
+
+def code_side(size: int | None, depth: int) -> int:
+    """The bottleneck's side for ``size``-pixel images (``depth - 1`` stride-2 convolutions
+    of kernel 3 and padding 1: ⌈h / 2⌉ each); 1 when the size is unknown."""
+    if not size:
+        return 1
+    for _ in range(depth - 1):
+        size = (size + 1) // 2
+    return size
 
 
 class PACodec(nn.Module):
@@ -277,7 +337,8 @@ class PACodec(nn.Module):
         shared = cfg.seg_decoder == "shared"
         self.residual_dec = Decoder(bottleneck, cfg.in_channels, cfg.features, cfg.depth, 5,
                                     modes=2 if shared else 1, classes=cfg.classes if shared else None,
-                                    small_classifier=cfg.small_classifier, **kw)
+                                    small_classifier=cfg.small_classifier, seg_norm=cfg.seg_norm,
+                                    code_grid=code_side(cfg.image_size, cfg.depth), **kw)
         self.segmenter: Decoder | None = None
         if not shared:
             self.segmenter = Decoder(bottleneck, cfg.classes, cfg.features, cfg.depth, 5, out_kernel=1,
