@@ -131,6 +131,15 @@ def test_set_values_go_to_the_method_and_its_ablations_only():
     assert plan.ablations[1].overrides == {"x": 1}  # another method's row keeps its settings
 
 
+def test_epochs_go_to_every_row():
+    plan = harness.Plan(overrides={"engine.epochs": 90}, baseline_overrides={"data.size": 48},
+                        ablations=[harness.Variant("a", {"x": 1}), harness.Variant("b", {}, method="mean_teacher")])
+    harness.apply_epochs(plan, 540)
+    rows = [plan.overrides, plan.baseline_overrides] + [v.overrides for v in plan.ablations]
+    assert [r["engine.epochs"] for r in rows] == [540] * 4
+    assert plan.baseline_overrides["data.size"] == 48 and plan.ablations[0].overrides["x"] == 1
+
+
 def test_supervised_reference_step_is_timed_where_there_are_labels(tmp_path):
     """A task without training labels (ellipse_us) times the supervised reference on the
     oracle cohort: on its own cohort every supervised batch is empty and the step returns

@@ -469,13 +469,24 @@ def apply_sets(plan: Plan, method: str, sets: dict[str, Any]) -> None:
             v.overrides.update(sets)
 
 
+def apply_epochs(plan: Plan, epochs: int) -> None:
+    """``run.py --epochs``: every row — the method, its ablations (whatever their method)
+    and the baselines — trains ``epochs`` epochs, so that a longer run stays a fair one."""
+    plan.overrides["engine.epochs"] = epochs
+    plan.baseline_overrides["engine.epochs"] = epochs
+    for v in plan.ablations:
+        v.overrides["engine.epochs"] = epochs
+
+
 def run_benchmark(method: str, task: str, profile: str = "quick", setting: str | None = None,
                   noise: str | float | None = None, seed: int = 0, ablations: bool = True,
                   out_dir: Path | None = None, reuse: bool = False, train_seeds: tuple[int, ...] | None = None,
-                  jobs: int = 1, sets: dict[str, Any] | None = None) -> dict[str, Any]:
+                  jobs: int = 1, sets: dict[str, Any] | None = None, epochs: int | None = None) -> dict[str, Any]:
     t0 = time.time()
     b = Bench(method, task, profile, setting, noise, seed, reuse=reuse, train_seeds=train_seeds, jobs=jobs)
     apply_sets(b.plan, method, sets or {})
+    if epochs:
+        apply_epochs(b.plan, epochs)
     print(f"[{method} on {task} {setting or ''} {noise or ''} profile={profile}] building the phantom cohort", flush=True)
     b.build_cohort()
     plan = b.plan
@@ -547,6 +558,8 @@ def run_benchmark(method: str, task: str, profile: str = "quick", setting: str |
     parts = [method, task] + [str(x) for x in (setting, noise) if x is not None]
     if profile != "quick":
         parts.append(profile)
+    if epochs:
+        parts.append(f"{epochs}epochs")
     if len(b.train_seeds) > 1:
         parts.append(f"{len(b.train_seeds)}seeds")
     parts += [f"{k}{v}".replace(".", "p").lower() for k, v in sorted((sets or {}).items())]

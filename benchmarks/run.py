@@ -51,6 +51,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an extra method setting on top of the plan's, for the method and its ablation rows "
                          "(repeatable; e.g. --set history_pool=50); recorded in the results' overrides")
+    ap.add_argument("--epochs", type=int, default=0,
+                    help="train every row (method, ablations, baselines) this many epochs instead of the plan's")
     a = ap.parse_args(argv)
     from aeseg.engine.config import parse_sets
     from aeseg.errors import ConfigError
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
         PROFILES[a.profile]["engine.threads"] = a.threads
     run_benchmark(a.method, a.task, a.profile, a.setting, a.noise, a.seed, not a.no_ablations, a.out, a.reuse,
-                  tuple(range(a.seed, a.seed + a.train_seeds)), a.jobs, sets)
+                  tuple(range(a.seed, a.seed + a.train_seeds)), a.jobs, sets, a.epochs or None)
     return 0
 
 
