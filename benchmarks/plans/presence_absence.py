@@ -105,6 +105,25 @@ step 900 unless said; the plan's run scores 0.426 there, the residual ``|r| > 0.
   there is nothing to segment): 0.187 — eight empty images per four annotated ones push
   the head to predict nothing; not kept.
 
+Tried in session 8 (``pa_probe.py 1pct 2700 300``, one seed each, test Dice of the last
+checkpoint at steps 900 / 1200 / 1800 / 2400 / 2700; the plan's run: 0.426 / 0.47 / 0.487
+/ 0.499 / 0.489):
+
+- the reference code's segmentation norms (``seg_norm=adain``: instance norms whose
+  scales and shifts a 4-layer MLP predicts from each image's code, where the plan learns
+  one set of per-channel parameters): 0.426 / 0.411 / 0.447 / 0.475 / 0.476 (seed 1:
+  0.414 / 0.446 / 0.437 / 0.439 at 2400). No gain; the switch stays, off by default;
+- λ_seg 1 instead of 10: 0.459 / 0.443 / 0.475 / 0.527 / 0.524, validation Dice 0.636 at
+  2700, and the head leaves 10–60 % of the absent test images empty where the plan's
+  leaves none; with one annotated image per step instead of four (``labeled_per_batch=1``)
+  0.381 / 0.334 / 0.392 / 0.472 / 0.447;
+- twice the long profile with λ_seg 1 (``run.py ... --profile long --epochs 540 --set
+  lambda_seg=1 --train-seeds 2 --no-ablations``: 5400 steps for every row, 2 seeds, 36 min
+  with ``--jobs 2``): method 0.528 (0.530 / 0.526), supervised-only 0.414, oracle 0.852 —
+  26 % of the gap. The oracle gains with steps as well (0.729 at 900, 0.783 at 2700, 0.852
+  at 5400), so training longer does not close the gap; the head now leaves 10 % of the
+  absent test images empty. Triage Spearman 0.56 (flagged 0.38, unflagged 0.64).
+
 Earlier findings (200-image cohort, percentile scaling, compressed skips, 300 steps):
 
 - the residual picked out lesions only at a high threshold (Dice of ``|residual| > 0.2``
