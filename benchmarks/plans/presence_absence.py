@@ -139,7 +139,12 @@ Session 9:
   plan: 0.426 / 0.47). No gain; stopped at 1200 steps. The absence images keep faint
   lesions (``pa_probe.py ... pics=DIR``), dark ones most: a lesion dimmed to the contrast of
   the tissue texture (±0.1–0.17) already fools the discriminator, so the residual only
-  holds what stands out from the texture.
+  holds what stands out from the texture;
+- λ_seg 1 in the quick profile, 3 seeds (``run.py ... --setting 1pct --train-seeds 3
+  --no-ablations --reuse --set lambda_seg=1``; the baselines reused): method 0.456 (0.453 /
+  0.462 / 0.453) against the plan's 0.444 (0.459 / 0.427 / 0.447), 12 % of the gap against
+  9 %. The same direction as at 2700 steps, and as small; the plan keeps λ_seg 10 so that
+  its result files stay comparable.
 
 Earlier findings (200-image cohort, percentile scaling, compressed skips, 300 steps):
 
