@@ -135,6 +135,7 @@ def test_adaptive_segmentation_norms_come_from_each_images_code():
         h = torch.randn(2, norm.channels, 8, 8) * 3 + 1
         y = norm(h, 1, plain.residual_dec.styles(code.full[:2])[-1])
         assert torch.allclose(y.mean((2, 3)), torch.zeros(2, norm.channels), atol=1e-4)
+        assert torch.allclose(y.var((2, 3), unbiased=False), torch.ones(2, norm.channels), atol=1e-3)
         assert not torch.allclose(s0, plain.segment(code))
     with pytest.raises(ValueError, match="segmentation normalisation"):
         codec(seg_norm="batch")
