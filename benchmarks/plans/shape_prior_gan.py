@@ -67,6 +67,25 @@ the image. Stage 1 alone, 60-image cohort, seeds 0–4, mean pseudo-label Dice (
 Gaussian noise on the masks G_B reads, σ 0.1: 0.560, σ 0.3: 0.539; instance noise on the
 masks D_B judges (real and generated), σ 0.2: 0.585, σ 0.5: 0.575 — within the seeds'
 spread (sd ≈ 0.05).
+
+Session 10: what G_A gets wrong (300-image cohort, stage 1 alone, seeds 0–3). G_A puts its
+masks in the right place (centroid correlation with the truth 0.92 in y, 0.94 in x) but
+compresses their size towards the mean: the least-squares slope of the mask's area against
+the true area is 0.19–0.27 (1 would be right), the area's sd over the cohort 0.018–0.024
+against 0.067 for the truth and 0.066 for the ellipse prior. Heads in the smallest quarter
+(2.7 % of the image) get masks of 7.9 %, Dice 0.43; the largest quarter (20 %) gets 12 %,
+Dice 0.72. On the images the masks are irregular blobs that follow dark regions: the dark
+interior of a small head together with the shadow beside it, part of the interior of a
+large one. A discriminator judges one mask at a time, and a mean-sized ellipse is a
+realistic one, so nothing in the losses asks for the size distribution. Three probes on
+seeds 0 / 1 (the plan: 0.652 / 0.557):
+
+- G_B reads G_A's mask binarised (threshold 0.5, straight-through gradient), so the cycle
+  cannot be served by faint values: 0.566 / 0.614, slope 0.14 / 0.27;
+- 64 px instead of 48: 0.634 / 0.494;
+- 72 CycleGAN epochs instead of 24: 0.644 / 0.585, slope 0.35 / 0.22.
+
+None is in the plan.
 """
 
 from __future__ import annotations
