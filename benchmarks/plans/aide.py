@@ -79,6 +79,21 @@ every epoch from 20, r ≤ 0.42 instead of 0.93): 0.706 (0.729 / 0.729 / 0.720 /
 seed (0.618 → 0.68–0.76 against the truth, 1.5–2.0x the true area) and validation Dice no
 longer collapses, but the test Dice is lower: the seeds that reached ~0.77 needed the high
 ramp. Not in the plan.
+
+Session 10 (same host). A larger cohort does not help AIDE: with 72 training volumes instead
+of 24 (68 noisy, mean Dice 0.622; the engine's steps per epoch stay 10, so each slice is
+seen a third as often), 2 seeds, no ablations: AIDE 0.659 (0.676 / 0.642), noisy baseline
+0.740, oracle 0.893 (gap −53 %). More noisy labels let the plain U-Net average the erosions
+and dilations out better; AIDE's small-loss half stays biased towards the dilated ones.
+Where a step goes (``train_view``, 64 px, batch 16, one thread, 60 steps timed piecewise):
+115 ms in all against 43 ms for a supervised step; the two networks' training passes 30 ms
+and their backward passes and Adam steps 60 ms (together 2.1 supervised steps), the view
+predictions 19 ms (14 ms of forward passes, 5 ms of switching BatchNorm mode and the
+resampling there and back), the per-image losses and batch flips 4.5 ms. A bfloat16
+forward pass for the views (CPU autocast, this host has AMX) takes 4.5 ms instead of 6.7 ms
+per network, probabilities within 0.004 of float32: about 2.6 instead of 2.7, not enough
+for 2.5 on its own, and slower on CPUs without bfloat16 units; not done. Channels-last
+tensors speed every step alike (supervised 44 → 40.5 ms) and leave the ratio as it is.
 """
 
 from harness import Plan, Variant
