@@ -92,7 +92,8 @@ predictions 19 ms (14 ms of forward passes, 5 ms of switching BatchNorm mode and
 resampling there and back), the per-image losses and batch flips 4.5 ms. A bfloat16
 forward pass for the views (CPU autocast, this host has AMX) takes 4.5 ms instead of 6.7 ms
 per network, probabilities within 0.004 of float32: about 2.6 instead of 2.7, not enough
-for 2.5 on its own, and slower on CPUs without bfloat16 units; not done. Channels-last
+for 2.5 on its own, and CPUs without bfloat16 instructions would emulate it (not measured);
+not done. Channels-last
 tensors speed every step alike (supervised 44 → 40.5 ms) and leave the ratio as it is.
 """
 
