@@ -95,6 +95,15 @@ per network, probabilities within 0.004 of float32: about 2.6 instead of 2.7, no
 for 2.5 on its own, and CPUs without bfloat16 instructions would emulate it (not measured);
 not done. Channels-last
 tensors speed every step alike (supervised 44 → 40.5 ms) and leave the ratio as it is.
+
+Session 11 (same host): what sinks the two failing seeds. Seeds 3 and 4 of the plan's run
+reproduce (0.621 / 0.641), and their validation Dice stops rising at 0.54–0.59 from epoch
+12 on, before the first correction (epoch 20); the good seed 0 climbs to 0.73. With the
+same seeds, test Dice without local filtering (``local_filtering=false``: no small-loss
+split, no consistency) 0.726 / 0.673, with the small-loss split but no consistency term
+(``consistency=0``) 0.640 / 0.666. So the small-loss split, not the consistency term or the
+corrections, holds these seeds back, although up to epoch 12 the suspected-noisy half still
+counts with weight 1 − r ≥ 0.84. Not changed: the split is the method.
 """
 
 from harness import Plan, Variant

@@ -91,6 +91,36 @@ seeds 0 / 1 (the plan: 0.652 / 0.557):
   −0.04 / 0.20 (the soft area can match while the thresholded mask does not).
 
 None is in the plan.
+
+Session 11: why the size is lost. ``benchmarks/spg_cycle_probe.py`` sends 200 prior masks
+through G_B and then G_A, and compares G_A's masks with the masks G_B drew from. On the
+benchmark's seed-0 rows (300-image cohort) G_A reads G_B's images almost perfectly and real
+ones poorly (Dice, then the slope of mask area against true area):
+
+| stage-1 row | G_B's images | real images |
+|---|---|---|
+| plain CycleGAN | 0.711, 0.35 | 0.527, 0.02 |
+| + VAE-D | 0.803, 0.64 | 0.558, 0.11 |
+| + DGCC | 0.968, 0.95 | 0.602, 0.20 |
+| both (the method) | 0.946, 0.95 | 0.651, 0.25 |
+
+The pictures say why: G_B draws the head as a smooth, uniformly dark ellipse with at most a
+faint skull ring, on a speckle-free background with grid-like streaks. So G_A learns "dark
+region = head" from the mask cycle, where it has exact targets, and on real images, whose
+brain is only slightly darker than the tissue under speckle, it follows dark regions instead:
+the fluid pocket beside the skull and the shadows. D_A does not push G_B's images towards
+real speckle strongly enough to close that gap. Four more probes, stage 1 alone, seed 0
+(plan 0.652), none kept:
+
+- a Gaussian filter (σ 1 / 1.5 px) on every image G_A reads, so that real images look
+  more like G_B's smooth ones: 0.502 / 0.428 (the fluid pockets become the darkest regions);
+- two noise channels into G_B, so that it can draw speckle: 0.464 (seed 1: 0.218; G_B then
+  draws a black blob and bright clutter, no skull);
+- λ_cycle 3 instead of 10, so the adversarial loss weighs more for G_B: 0.674, slope 0.30
+  (G_B's images gain a bright skull ring, G_A reads them at 0.855), but seed 1 0.522 against
+  0.557; λ_cycle 1: 0.529; λ_adv 3: 0.655;
+- the discriminators at 4x the learning rate: 0.423; twice their width (``d_features=64``):
+  0.601.
 """
 
 from __future__ import annotations
