@@ -21,6 +21,7 @@ with G_A's masks (red) and the truth (green). One thread; seconds per job.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -34,10 +35,7 @@ sys.path.insert(0, str(HERE.parent / "AnnotationEfficientSeg"))
 from aeseg.cohort.manifest import load_cohort  # noqa: E402
 from aeseg.cohort.reading import read_label  # noqa: E402
 from aeseg.data.dataset import load_cohort_data  # noqa: E402
-from aeseg.engine.config import resolve_config  # noqa: E402
-from aeseg.engine.loop import _unwrap  # noqa: E402
-from aeseg.methods.base import MethodContext  # noqa: E402
-from aeseg.methods.registry import get_method  # noqa: E402
+from aeseg.engine.predict import load_model  # noqa: E402
 
 
 def dice_and_slope(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
@@ -48,19 +46,17 @@ def dice_and_slope(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 
 def load_method(job: Path):
-    """The job's method, built on its cohort (so the shape prior is the one it trained with)."""
+    """The job's trained method, given its cohort and seed (so the shape prior is the one it
+    trained with): the engine's :func:`load_model` builds it without data."""
+    if not (job / "job.json").is_file():
+        raise SystemExit(f"{job}: not a job folder (no job.json)")
     spec = json.loads((job / "job.json").read_text(encoding="utf-8"))
     if spec["method"] != "shape_prior_gan":
-        raise SystemExit(f"{job}: a {spec['method']} job, not shape_prior_gan")
-    cfg = resolve_config(spec["method"], spec["config"], seed=spec["seed"], device="cpu")
+        raise SystemExit(f"{job}: method {spec['method']}, not shape_prior_gan")
+    method, cfg, _ = load_model(job, "cpu")
     cohort = load_cohort(spec["cohort"])
     data = load_cohort_data(cohort, cfg.data)
-    ctx = MethodContext(device=torch.device("cpu"), data=data, seed=int(spec["seed"]), cohort=cohort)
-    method = get_method("shape_prior_gan")(cfg.method_config, ctx)
-    state = torch.load(job / "model" / "model.pt", map_location="cpu", weights_only=True)
-    for k, m in method.modules().items():
-        _unwrap(m).load_state_dict(state["modules"][k])
-    method.train_mode(False)
+    method.ctx = dataclasses.replace(method.ctx, data=data, seed=int(spec["seed"]), cohort=cohort)
     return method, cohort, data
 
 
