@@ -34,15 +34,17 @@ sys.path.insert(0, str(HERE.parent / "AnnotationEfficientSeg"))
 
 from aeseg.cohort.manifest import load_cohort  # noqa: E402
 from aeseg.cohort.reading import read_label  # noqa: E402
+from aeseg.quality.metrics import dice  # noqa: E402
 from aeseg.data.dataset import load_cohort_data  # noqa: E402
 from aeseg.engine.predict import load_model  # noqa: E402
 
 
-def dice_and_slope(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    """Mean Dice of boolean ``(N, ...)`` masks against ``ref``, and the slope of pred area on ref area."""
-    p, r = pred.reshape(len(pred), -1), ref.reshape(len(ref), -1)
-    d = 2 * (p & r).sum(1) / np.maximum(p.sum(1) + r.sum(1), 1)
-    return float(d.mean()), float(np.polyfit(r.mean(1), p.mean(1), 1)[0])
+def dice_and_slope(pred: list[np.ndarray], ref: list[np.ndarray]) -> tuple[float, float]:
+    """Mean Dice of boolean masks ``pred`` against ``ref`` (pairwise), and the least-squares
+    slope of their area shares (pred on ref)."""
+    d = [dice(p, r) for p, r in zip(pred, ref)]
+    areas = np.array([(r.mean(), p.mean()) for p, r in zip(pred, ref)])
+    return float(np.mean(d)), float(np.polyfit(areas[:, 0], areas[:, 1], 1)[0])
 
 
 def load_method(job: Path):
@@ -55,37 +57,37 @@ def load_method(job: Path):
         raise SystemExit(f"{job}: method {spec['method']}, not shape_prior_gan")
     method, cfg, _ = load_model(job, "cpu")
     cohort = load_cohort(spec["cohort"])
-    data = load_cohort_data(cohort, cfg.data)
+    data = load_cohort_data(cohort, cfg.data, with_truth=True)
     method.ctx = dataclasses.replace(method.ctx, data=data, seed=int(spec["seed"]), cohort=cohort)
-    return method, cohort, data
+    return method, data
 
 
 def probe(job: Path, n: int, png: Path | None) -> dict:
-    method, cohort, data = load_method(job)
+    method, data = load_method(job)
     prior = method.aux[:n]
     with torch.no_grad():
         fake_x = method.G_B(2 * prior - 1)
         fake_m = torch.sigmoid(method._generate(fake_x, averaged=True)) > 0.5
-    fd, fs = dice_and_slope(fake_m.numpy(), prior.numpy() > 0.5)
+    fd, fs = dice_and_slope(list(fake_m.numpy()), list(prior.numpy() > 0.5))
     sub = job / "pseudo_labels" / "round0"
     sub = sub if sub.is_dir() else job / "pseudo_labels"
-    preds, truths, ids = [], [], []
-    for c in cohort.cases:
-        f = sub / f"{c.case_id}.seg.nrrd"
-        if c.split == "train" and c.truth is not None and f.exists():
+    recs, preds = [], []
+    for rec in data.train.records:
+        f = sub / f"{rec.case_id}.seg.nrrd"
+        if rec.truth_zyx is not None and f.exists():
+            recs.append(rec)
             preds.append(read_label(f)[0] > 0)
-            truths.append(read_label(c.truth)[0] > 0)
-            ids.append(c.case_id)
     if not preds:
         raise SystemExit(f"{job}: no pseudo labels of training cases with a true mask")
-    rd, rs = dice_and_slope(np.stack(preds), np.stack(truths))
+    truths = [rec.truth_zyx > 0 for rec in recs]
+    rd, rs = dice_and_slope(preds, truths)
     if png is not None:
-        _figure(png, prior, fake_x, fake_m, data, preds, truths)
+        _figure(png, prior, fake_x, fake_m, data, recs, preds, truths)
     return {"job": str(job), "fake": {"dice": round(fd, 3), "slope": round(fs, 2), "n": len(prior)},
             "real": {"dice": round(rd, 3), "slope": round(rs, 2), "n": len(preds)}}
 
 
-def _figure(png: Path, prior, fake_x, fake_m, data, preds, truths) -> None:
+def _figure(png: Path, prior, fake_x, fake_m, data, recs, preds, truths) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,7 +99,7 @@ def _figure(png: Path, prior, fake_x, fake_m, data, preds, truths) -> None:
         ax[0, j].imshow(fake_x[j, 0], cmap="gray")
         ax[0, j].contour(prior[j, 0], [0.5], colors="lime", linewidths=0.6)
         ax[0, j].contour(fake_m[j, 0].float(), [0.5], colors="red", linewidths=0.6)
-        ax[1, j].imshow(data.train.images[j, 0], cmap="gray")
+        ax[1, j].imshow(data.train.images[recs[j].start, 0], cmap="gray")
         t = torch.nn.functional.interpolate(torch.from_numpy(truths[j].squeeze()[None, None].astype(np.float32)),
                                             size=data.train.images.shape[-2:], mode="nearest")[0, 0]
         p = torch.nn.functional.interpolate(torch.from_numpy(preds[j].squeeze()[None, None].astype(np.float32)),
