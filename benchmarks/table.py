@@ -44,8 +44,11 @@ def gap_cell(r: dict) -> str:
 
 def _setting(r: dict) -> str:
     s = " ".join(str(x) for x in (r.get("setting"), r.get("noise")) if x) or "default"
-    if r.get("profile", "quick") != "quick":
-        s += f", {r['profile']} profile"
+    if r.get("profile", "quick") != "quick":  # optimiser steps and image size (``run.py --epochs`` changes the steps)
+        from harness import PROFILES
+
+        steps = r["epochs"] * PROFILES[r["profile"]]["engine.steps_per_epoch"] if r.get("epochs") else None
+        s += f", {r['profile']} profile ({steps} steps at {r.get('image_size')} px)"
     if len(r.get("train_seeds") or []) > 1:
         s += f" ({len(r['train_seeds'])} seeds)"
     for k, v in (r.get("sets") or {}).items():  # run.py --set

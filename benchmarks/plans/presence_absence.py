@@ -146,6 +146,12 @@ Session 9:
   9 %. The same direction as at 2700 steps, and as small; the plan keeps λ_seg 10 so that
   its result files stay comparable.
 
+Session 12: a shallower discriminator, so that its first scale judges local patches of the
+48-px image rather than the whole of it (``pa_probe.py 1pct 900 300 disc_depth=2``; the
+plan's depth is 3 at 48 px): at steps 300 / 600 / 900 the head scores 0.183 / 0.292 / 0.380
+and the residual ``|r| > 0.1`` 0.257 / 0.358 / 0.425 (the plan at 900: 0.426 and 0.497). Not
+kept.
+
 Earlier findings (200-image cohort, percentile scaling, compressed skips, 300 steps):
 
 - the residual picked out lesions only at a high threshold (Dice of ``|residual| > 0.2``

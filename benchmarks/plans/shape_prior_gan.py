@@ -124,6 +124,14 @@ real speckle strongly enough to close that gap. Four more probes, stage 1 alone,
 - the mask cycle (prior mask → G_B → G_A), where G_A learns from G_B's images, weighted 2
   instead of 10 and the image cycle kept at 10: 0.569 / 0.540 on seeds 0 / 1 (plan 0.652 /
   0.557). G_A needs that cycle's exact targets to find the head at all.
+
+Session 12. A 70×70 PatchGAN is about a quarter of the paper's image width; at 48 px it sees
+the whole image, so D_A may judge layout rather than texture. A shallower D_A, so that it
+judges local patches as the 70×70 one does on a large image, should then push G_B towards
+speckle. Stage 1 alone, seed 0 (plan 0.652): 2 stride-2 layers (34×34 patches) 0.546; 1
+layer (16×16) 0.528. With 1 layer G_B draws a periodic texture and a black head, and G_A
+reads those images at 0.971 but real ones at 0.528 (slope 0.19). A generator without a
+noise input cannot draw random speckle, however local the discriminator. Not kept.
 """
 
 from __future__ import annotations
