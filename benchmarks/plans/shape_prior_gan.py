@@ -131,7 +131,15 @@ judges local patches as the 70×70 one does on a large image, should then push G
 speckle. Stage 1 alone, seed 0 (plan 0.652): 2 stride-2 layers (34×34 patches) 0.546; 1
 layer (16×16) 0.528. With 1 layer G_B draws a periodic texture and a black head, and G_A
 reads those images at 0.971 but real ones at 0.528 (slope 0.19). A generator without a
-noise input cannot draw random speckle, however local the discriminator. Not kept.
+noise input cannot draw random speckle, however local the discriminator. Not kept. Real
+high-frequency texture (a shuffled real image minus its Gaussian blur, σ 1.5 px) added to
+G_B's images before G_A reads them in the mask cycle, so that G_A learns on speckled
+images: 0.496 at full amplitude, 0.604 at half. Not kept.
+
+The full profile (``--profile full --no-ablations``, session 12), stopped after 40 of its 60
+CycleGAN epochs at 70 s each (2731 s; the VAE's 20 epochs 27 s): G_A's validation Dice
+0.10–0.24 in the first 11 epochs, a peak of 0.308 at epoch 21, and 0.00–0.08 in each of the
+last 12 epochs. Without restarts and with the wider networks it does not find the head.
 """
 
 from __future__ import annotations
