@@ -1,10 +1,11 @@
 """Learning curves of ``presence_absence`` (or any method) on the benchmark's lesion_pa cohort.
 
     python benchmarks/pa_probe.py 5pct 1500 300 [key=value ...] [method=supervised base=baseline]
-                                  [cohort=cohort_oracle] [seed=0]
+                                  [cohort=cohort_oracle] [seed=0] [profile=full]
 
 Needs the cohort of an earlier ``run.py --method presence_absence --task lesion_pa --setting
-<SETTING>`` (``benchmarks/work/presence_absence_lesion_pa_<SETTING>_quick_0/cohort``). Trains
+<SETTING> [--profile P]`` (``benchmarks/work/presence_absence_lesion_pa_<SETTING>_<P>_0/cohort``,
+P = quick unless ``profile=`` is given: the profile picks the cohort and the plan's sizes). Trains
 in-process for STEPS optimiser steps (the plan's settings, or the baselines' with
 ``base=baseline``, plus ``key=value`` overrides; no job folder, no checkpoint selection) and
 every EVAL_EVERY steps prints: test Dice on present images and the share of absent images
@@ -36,10 +37,11 @@ method = kv.pop("method", "presence_absence")
 cohort = kv.pop("cohort", "cohort")
 base = kv.pop("base", "plan")
 seed = int(kv.pop("seed", 0))
+profile = kv.pop("profile", "quick")
 pics = kv.pop("pics", None)  # folder: a PNG montage of 8 present + 4 absent test images per report
-work = Path(__file__).resolve().parent / "work" / f"presence_absence_lesion_pa_{setting}_quick_0"
-plan = load_plan("presence_absence", "quick", "lesion_pa", setting)
-values = dict(PROFILES["quick"])
+work = Path(__file__).resolve().parent / "work" / f"presence_absence_lesion_pa_{setting}_{profile}_0"
+plan = load_plan("presence_absence", profile, "lesion_pa", setting)
+values = dict(PROFILES[profile])
 if base == "plan":
     values.update(plan.overrides)
 else:
