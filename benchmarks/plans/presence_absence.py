@@ -152,6 +152,14 @@ plan's depth is 3 at 48 px): at steps 300 / 600 / 900 the head scores 0.183 / 0.
 and the residual ``|r| > 0.1`` 0.257 / 0.358 / 0.425 (the plan at 900: 0.426 and 0.497). Not
 kept.
 
+Session 12, the full profile's 96-px cohort (same 1000 images; lesions 5–10 px across): ``run.py
+... --setting 1pct --profile full --epochs 45 --no-ablations --jobs 1`` (900 steps for every
+row, 23 min): method 0.739, supervised-only 0.690, oracle 0.907 — 23 % of the gap, against
+9–12 % at 48 px. Five masks train the U-Net much further at this size (0.690 against 0.417),
+so the gap to close is smaller (0.217 against 0.31) and the method covers more of it. The
+head leaves 55 % of the absent test images empty; step ratio 33.3; triage Spearman 0.44
+(flagged 0.48, unflagged 0.75).
+
 Earlier findings (200-image cohort, percentile scaling, compressed skips, 300 steps):
 
 - the residual picked out lesions only at a high threshold (Dice of ``|residual| > 0.2``
