@@ -47,8 +47,9 @@ def _setting(r: dict) -> str:
     if r.get("profile", "quick") != "quick":  # optimiser steps and image size (``run.py --epochs`` changes the steps)
         from harness import PROFILES
 
-        steps = r["epochs"] * PROFILES[r["profile"]]["engine.steps_per_epoch"] if r.get("epochs") else None
-        s += f", {r['profile']} profile ({steps} steps at {r.get('image_size')} px)"
+        s += f", {r['profile']} profile"
+        if r.get("epochs") and r.get("image_size"):
+            s += f" ({r['epochs'] * PROFILES[r['profile']]['engine.steps_per_epoch']} steps at {r['image_size']} px)"
     if len(r.get("train_seeds") or []) > 1:
         s += f" ({len(r['train_seeds'])} seeds)"
     for k, v in (r.get("sets") or {}).items():  # run.py --set
