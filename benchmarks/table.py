@@ -44,12 +44,10 @@ def gap_cell(r: dict) -> str:
 
 def _setting(r: dict) -> str:
     s = " ".join(str(x) for x in (r.get("setting"), r.get("noise")) if x) or "default"
-    if r.get("profile", "quick") != "quick":  # optimiser steps and image size (``run.py --epochs`` changes the steps)
-        from harness import PROFILES
-
+    if r.get("profile", "quick") != "quick":  # epochs and image size (``run.py --epochs`` changes the epochs)
         s += f", {r['profile']} profile"
         if r.get("epochs") and r.get("image_size"):
-            s += f" ({r['epochs'] * PROFILES[r['profile']]['engine.steps_per_epoch']} steps at {r['image_size']} px)"
+            s += f" ({r['epochs']} epochs at {r['image_size']} px)"
     if len(r.get("train_seeds") or []) > 1:
         s += f" ({len(r['train_seeds'])} seeds)"
     for k, v in (r.get("sets") or {}).items():  # run.py --set
