@@ -481,9 +481,10 @@ def apply_epochs(plan: Plan, epochs: int) -> None:
 def run_benchmark(method: str, task: str, profile: str = "quick", setting: str | None = None,
                   noise: str | float | None = None, seed: int = 0, ablations: bool = True,
                   out_dir: Path | None = None, reuse: bool = False, train_seeds: tuple[int, ...] | None = None,
-                  jobs: int = 1, sets: dict[str, Any] | None = None, epochs: int | None = None) -> dict[str, Any]:
+                  jobs: int = 1, sets: dict[str, Any] | None = None, epochs: int | None = None,
+                  workdir: Path | None = None) -> dict[str, Any]:
     t0 = time.time()
-    b = Bench(method, task, profile, setting, noise, seed, reuse=reuse, train_seeds=train_seeds, jobs=jobs)
+    b = Bench(method, task, profile, setting, noise, seed, workdir=workdir, reuse=reuse, train_seeds=train_seeds, jobs=jobs)
     apply_sets(b.plan, method, sets or {})
     if epochs:
         apply_epochs(b.plan, epochs)

@@ -43,6 +43,9 @@ def main(argv=None) -> int:
                     help="keep the phantom cohort and every finished run whose job.json matches (same cohort, same "
                          "config); marked 'reused' in the results")
     ap.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
+    ap.add_argument("--workdir", type=Path,
+                    help="folder of the phantom cohorts and job folders (default benchmarks/work); another folder "
+                         "lets a variant (--set) train beside the plan's run without replacing its jobs")
     ap.add_argument("--threads", type=int, default=0,
                     help="CPU threads per process (0: PyTorch default); 1 lets two benchmarks share 2 cores fairly")
     ap.add_argument("--jobs", type=int, default=1,
@@ -67,7 +70,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
         PROFILES[a.profile]["engine.threads"] = a.threads
     run_benchmark(a.method, a.task, a.profile, a.setting, a.noise, a.seed, not a.no_ablations, a.out, a.reuse,
-                  tuple(range(a.seed, a.seed + a.train_seeds)), a.jobs, sets, a.epochs or None)
+                  tuple(range(a.seed, a.seed + a.train_seeds)), a.jobs, sets, a.epochs or None, a.workdir)
     return 0
 
 
