@@ -160,6 +160,20 @@ so the gap to close is smaller (0.217 against 0.31) and the method covers more o
 head leaves 55 % of the absent test images empty; step ratio 33.3; triage Spearman 0.44
 (flagged 0.48, unflagged 0.75).
 
+Session 13, 2700 steps at 96 px (``run.py ... --setting 1pct --profile full --epochs 135
+--train-seeds 2 --no-ablations``; seed 1's rows were trained one at a time beside other work,
+then collected with ``--reuse``): method 0.759 (0.756 / 0.762), supervised-only 0.700 (0.690 /
+0.710), oracle 0.936 (0.937 / 0.935) — 25 % of the gap, where 900 steps gave 23 % on seed 0.
+The method's validation Dice kept rising (seed 0, means over ten epochs: 0.68 at epochs 31–40,
+0.78 at 81–90, 0.80 at 121–135; best 0.816, seed 1 0.834), but seed 0's test Dice moved only
+from 0.739 to 0.756 while the oracle's rose from 0.907 to 0.937. With longer training the head
+marks something on more absent test images (left empty: 55 % at 900 steps, 30 % at 2700).
+Triage Spearman 0.58 (flagged 0.39, unflagged 0.76 over 495 unannotated present images); step
+ratio 34.7. Seed 0's method job was the one session 12 stopped at epoch 33; it was resumed from
+its last checkpoint with ``aeseg train --resume``. At both sizes and every length measured
+(900–5400 steps) the method covers 9–29 % of the gap: training longer lifts it and the oracle
+alike.
+
 Earlier findings (200-image cohort, percentile scaling, compressed skips, 300 steps):
 
 - the residual picked out lesions only at a high threshold (Dice of ``|residual| > 0.2``
