@@ -172,7 +172,9 @@ Triage Spearman 0.58 (flagged 0.39, unflagged 0.76 over 495 unannotated present 
 ratio 34.7. Seed 0's method job was the one session 12 stopped at epoch 33; it was resumed from
 its last checkpoint with ``aeseg train --resume``. At both sizes and every length measured
 (900–5400 steps) the method covers 9–29 % of the gap: training longer lifts it and the oracle
-alike.
+alike. λ_seg 1 on seed 0 with the same 2700 steps (``--set lambda_seg=1 --workdir ...``, the
+baselines reused): 0.739 (20 %), validation Dice 0.74–0.77 from epoch 40 on against the plan's
+0.73–0.80; its head leaves 65 % of the absent test images empty. Not kept.
 
 Earlier findings (200-image cohort, percentile scaling, compressed skips, 300 steps):
 
