@@ -176,6 +176,14 @@ alike. λ_seg 1 on seed 0 with the same 2700 steps (``--set lambda_seg=1 --workd
 baselines reused): 0.739 (20 %), validation Dice 0.74–0.77 from epoch 40 on against the plan's
 0.73–0.80; its head leaves 65 % of the absent test images empty. Not kept.
 
+Session 13, the paper's width at 96 px (``--epochs 45 --set features=16``: 16 channels at the
+first level instead of 8, bottleneck 256; 900 steps for every row, one seed): method 0.761,
+supervised-only 0.690, oracle 0.907 — 33 % of the gap, against 23 % with 8 channels and the
+same steps (and 0.756 with 8 channels and 2700 steps). Validation Dice reached 0.68 by
+epoch 12 (8 channels: epoch 31). One step costs 72.6 supervised steps (34.7 with 8), 42 min
+for the run on one core. Where to pick up: this width with a second seed, then with 2700
+steps (about 2 h per seed on one core).
+
 Earlier findings (200-image cohort, percentile scaling, compressed skips, 300 steps):
 
 - the residual picked out lesions only at a high threshold (Dice of ``|residual| > 0.2``
