@@ -173,8 +173,9 @@ ratio 34.7. Seed 0's method job was the one session 12 stopped at epoch 33; it w
 its last checkpoint with ``aeseg train --resume``. At both sizes and every length measured
 (900–5400 steps) the method covers 9–29 % of the gap: training longer lifts it and the oracle
 alike. λ_seg 1 on seed 0 with the same 2700 steps (``--set lambda_seg=1 --workdir ...``, the
-baselines reused): 0.739 (20 %), validation Dice 0.74–0.77 from epoch 40 on against the plan's
-0.73–0.80; its head leaves 65 % of the absent test images empty. Not kept.
+baselines reused): 0.739 (20 %); ten-epoch means of validation Dice 0.73–0.77 from epoch 41 on
+(best 0.817 at epoch 67) against the plan's 0.73–0.80; its head leaves 65 % of the absent test
+images empty. Not kept.
 
 Session 13, the paper's width at 96 px (``--epochs 45 --set features=16``: 16 channels at the
 first level instead of 8, bottleneck 256; 900 steps for every row, one seed): method 0.761,
