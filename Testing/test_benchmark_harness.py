@@ -81,6 +81,20 @@ def test_oracle_cohort_reads_the_truth_whatever_its_label_value(tmp_path):
         assert np.count_nonzero(lab) == np.count_nonzero(truth) > 0
 
 
+def test_a_relative_workdir_gives_derived_cohorts_a_truth_link_that_resolves(tmp_path, monkeypatch):
+    """``run.py --workdir`` takes a relative path: the oracle cohort's ``truth`` link must
+    point at the cohort's truth, also when a dangling link from an earlier run is there."""
+    monkeypatch.chdir(tmp_path)
+    bench = harness.Bench("supervised", "lesion_pa", workdir=Path("rel"))
+    bench.plan.phantom = {"size": 32, "n_train": 4, "n_val": 2, "n_test": 2}
+    bench.build_cohort()
+    truth = bench.oracle_cohort() / "truth"
+    assert sorted(p.name for p in truth.iterdir()) == sorted(p.name for p in (bench.workdir / "cohort" / "truth").iterdir())
+    truth.unlink()
+    truth.symlink_to(Path("rel") / "nowhere", target_is_directory=True)  # dangling
+    assert any((bench.oracle_cohort() / "truth").iterdir())
+
+
 def test_reuse_accepts_a_field_added_since_at_its_default_only(finished):
     cohort, cfg, job = finished
     meta = json.loads((job / "job.json").read_text())

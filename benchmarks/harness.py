@@ -138,7 +138,9 @@ class Bench:
         self.reuse = reuse  # keep a finished run whose job.json matches (cohort and config)
         self.train_seeds: tuple[int, ...] = tuple(train_seeds or (seed,))  # the phantom always uses ``seed``
         tag = "_".join(str(x) for x in (task, setting, noise, profile, seed) if x is not None)
-        self.workdir = Path(workdir or HERE / "work") / f"{method}_{tag}"
+        # absolute: symbolic links made under it (a derived cohort's ``truth``) must not
+        # resolve against their own folder
+        self.workdir = Path(workdir or HERE / "work").absolute() / f"{method}_{tag}"
         self.plan = load_plan(method, profile, task, setting)
         self.phantom_info = None
         self.cohort_dir: Path | None = None  # what the method trains on
@@ -190,6 +192,8 @@ class Bench:
                 lv = "" if lab else (c.label_value if c.label_value is not None else "")  # "": any non-zero
                 w.writerow([c.case_id, c.image, path, kind, c.presence or "", c.domain or "", c.split, lv])
         truth = dst / "truth"
+        if truth.is_symlink() and not truth.exists():  # dangling, e.g. made by an older version
+            truth.unlink()
         if not truth.exists():
             truth.symlink_to(self.workdir / "cohort" / "truth", target_is_directory=True)
         return dst
