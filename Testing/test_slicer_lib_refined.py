@@ -52,6 +52,20 @@ def test_write_reads_back_with_geometry_and_metadata(tmp_path):
     assert np.array_equal(back, mask.astype(bool)) and np.allclose(m2, m) and meta["name"] == "Refined"
 
 
+def test_a_refined_label_gets_a_plain_files_permissions(tmp_path):
+    """Not the owner-only mode of the temporary file it is written through: a colleague
+    who may read the cohort folder (umask 027: the group) can read the refined labels."""
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        res = write_refined(tmp_path, "c1", _mask(), _geometry())
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(res.path.stat().st_mode) == 0o640
+
+
 def test_earlier_versions_are_kept_never_overwritten(tmp_path):
     m = _geometry()
     first, second, third = _mask(), _mask(box=(0, 5, 0, 4, 0, 4)), _mask(box=(2, 3, 5, 6, 5, 6))

@@ -61,6 +61,9 @@ def test_reviewed_marks_persist_atomically(job):
     assert data["reviewed"]["c2"]["refined"] == "/cohort/refined/c2.seg.nrrd"
     assert data["reviewed"]["c2"]["at"].endswith("Z")
     assert not [p for p in job.iterdir() if p.name.startswith(".tmp")]
+    (job / "review.json").chmod(0o644)  # a replaced review.json keeps its permissions
+    q.mark_reviewed("c2", refined_path="/cohort/refined/c2.seg.nrrd")  # the same mark again
+    assert (job / "review.json").stat().st_mode & 0o777 == 0o644
 
     again = ReviewQueue.load(job)  # as after restarting Slicer
     assert again.row("c2").reviewed and again.row("c2").refined_path.endswith("c2.seg.nrrd")

@@ -2,5 +2,5 @@
 
 Nothing here imports ``slicer`` or ``vtk``. Only ``panel`` and ``forms`` need Qt, and they
 get it through ``qt_shim`` (PythonQt inside Slicer, PySide6 in tests). ``process``,
-``events``, ``review`` and ``refined`` need neither.
+``events``, ``review``, ``refined`` and ``files`` need neither.
 """

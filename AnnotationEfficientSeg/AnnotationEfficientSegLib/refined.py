@@ -20,6 +20,8 @@ from typing import Mapping
 
 import numpy as np
 
+from .files import plain_mode
+
 REFINED_DIR = "refined"
 HISTORY_DIR = "history"
 SEGMENT_NAME = "Refined"
@@ -123,6 +125,7 @@ def write_refined(
             raise RuntimeError(f"{final}: geometry did not read back intact")
         if not np.array_equal(slicerio.segment_mask(back, segment_name), voxels.astype(bool)):
             raise RuntimeError(f"{final}: voxels did not read back intact")
+        os.chmod(tmp, plain_mode(final))
         if final.exists():
             previous = _keep_previous(cohort, case, final)
         os.replace(tmp, final)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .files import plain_mode
+
 QUALITY_FILE = "quality.csv"
 REVIEW_FILE = "review.json"
 BASE_COLUMNS = ("case", "method", "score", "flag", "rank")
@@ -97,6 +99,7 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, plain_mode(path))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

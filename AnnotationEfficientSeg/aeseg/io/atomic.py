@@ -1,7 +1,9 @@
 """Atomic file writes: write to a temporary name in the same folder, then rename.
 
 A process killed mid-write leaves at worst a ``.tmp-*`` file, never a truncated file
-under the final name.
+under the final name. The file gets the permissions a plain ``open(path, "w")`` would
+give it (those of the file it replaces, else 0666 less the umask), not the owner-only
+0600 of a temporary file, so that colleagues who may read the job folder can.
 """
 
 from __future__ import annotations
@@ -30,10 +32,32 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _mode_for(path))
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux reports it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    """Permission bits for a new version of ``path``: the old file's, else 0666 & ~umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
