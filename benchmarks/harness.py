@@ -572,6 +572,9 @@ def run_benchmark(method: str, task: str, profile: str = "quick", setting: str |
     path.write_text(json.dumps(result, indent=2, default=_json) + "\n")
     print(summary_line(result))
     print(f"  wrote {path}")
+    from figures import draw  # the JSON is on disk first: a figure that fails loses nothing
+
+    print(f"  drew {draw(json.loads(path.read_text()), path.with_suffix('.png'))}")
     return result
 
 

@@ -1,0 +1,65 @@
+"""``benchmarks/figures.py``: rows, targets and the PNG of one benchmark result."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import figures  # noqa: E402
+
+
+def _result(method="aide", ablations=None, ref="noisy_baseline") -> dict:
+    td = {"clean_only": {"mean": 0.55, "sd": 0.1, "n": 10}, "noisy_baseline": {"mean": 0.6, "sd": 0.1, "n": 10},
+          "oracle": {"mean": 0.8, "sd": 0.05, "n": 10}, "method": {"mean": 0.7, "sd": 0.08, "n": 10}}
+    return {"method": method, "task": "noisy_organ", "setting": None, "noise": "mid", "profile": "quick",
+            "train_seeds": [0, 1], "test_dice": td, "gap_reference": ref, "gap_covered": 0.5,
+            "ablations": ablations or {}, "runs": {"method": {"seed_means": [0.68, 0.72]}}}
+
+
+def test_rows_run_from_the_baselines_through_the_method_and_ablations_to_the_oracle():
+    rows = figures.rows_of(_result(ablations={"one_network": {"mean": 0.65, "sd": 0.1, "n": 10},
+                                              "skipped": {"mean": None}}))
+    assert [(r.name, r.kind) for r in rows] == [
+        ("noisy baseline", "baseline"), ("supervised-only", "baseline"), ("aide", "method"),
+        ("↳ one_network", "ablation"), ("oracle", "oracle")]
+    assert rows[2].seed_means == [0.68, 0.72] and rows[0].seed_means == []
+
+
+def test_targets_against_hand_computed_values():
+    # 60 % of the gap from the noisy baseline (0.6) to the oracle (0.8): 0.6 + 0.6 * 0.2
+    assert figures.target_dice(_result("aide")) == pytest.approx(0.72)
+    # presence_absence: 50 % of the gap from supervised-only (0.55) to the oracle: 0.675
+    assert figures.target_dice(_result("presence_absence", ref="clean_only")) == pytest.approx(0.675)
+    # shape_prior_gan: within 0.05 of the oracle
+    assert figures.target_dice(_result("shape_prior_gan", ref="oracle")) == pytest.approx(0.75)
+    assert figures.target_dice(_result("supervised")) is None
+    assert "target ≥ 60 %" in figures.headline(_result("aide"))
+    assert figures.headline(_result("shape_prior_gan", ref="oracle")).startswith("oracle − method 0.100")
+
+
+def test_draw_writes_a_png_that_grows_with_the_rows(tmp_path):
+    few = Image.open(figures.draw(_result(), tmp_path / "few.png"))
+    many = Image.open(figures.draw(_result(ablations={f"a{i}": {"mean": 0.5, "sd": 0.1} for i in range(4)}),
+                                   tmp_path / "many.png"))
+    assert few.format == "PNG" and many.height > few.height and few.width == many.width
+    assert np.asarray(few.convert("L")).std() > 0  # something was drawn
+    with pytest.raises(ValueError, match="no test Dice rows"):
+        figures.draw({"method": "x", "test_dice": {}}, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_main_draws_every_result_file_and_says_when_there_is_none(tmp_path, capsys):
+    (tmp_path / "res").mkdir()
+    assert figures.main([str(tmp_path / "res"), "--out", str(tmp_path / "figs")]) == 1
+    assert "no result files" in capsys.readouterr().err
+    (tmp_path / "res" / "aide_noisy_organ_mid.json").write_text(json.dumps(_result()))
+    (tmp_path / "res" / "notes.json").write_text("{}")  # not a result: skipped
+    assert figures.main([str(tmp_path / "res"), "--out", str(tmp_path / "figs")]) == 0
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["aide_noisy_organ_mid.png"]
