@@ -20,7 +20,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .files import plain_mode
+from aeseg.io.atomic import plain_mode  # stdlib only: no core requirement needed
 
 REFINED_DIR = "refined"
 HISTORY_DIR = "history"

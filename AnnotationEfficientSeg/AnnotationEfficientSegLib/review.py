@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .files import plain_mode
+from aeseg.io.atomic import plain_mode  # stdlib only: no core requirement needed
 
 QUALITY_FILE = "quality.csv"
 REVIEW_FILE = "review.json"

@@ -3,7 +3,9 @@
 A process killed mid-write leaves at worst a ``.tmp-*`` file, never a truncated file
 under the final name. The file gets the permissions a plain ``open(path, "w")`` would
 give it (those of the file it replaces, else 0666 less the umask), not the owner-only
-0600 of a temporary file, so that colleagues who may read the job folder can.
+0600 of a temporary file, so that colleagues who may read the job folder can. Only the
+standard library is imported: the Slicer module's own writers (refined labels, review
+marks) use ``plain_mode`` before the core's requirements are installed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, _mode_for(path))
+        os.chmod(tmp_path, plain_mode(path))
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -52,10 +54,10 @@ def _umask() -> int:
     return mask
 
 
-def _mode_for(path: Path) -> int:
+def plain_mode(path: str | os.PathLike) -> int:
     """Permission bits for a new version of ``path``: the old file's, else 0666 & ~umask."""
     try:
-        return path.stat().st_mode & 0o7777
+        return os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
         return 0o666 & ~_umask()
 
