@@ -95,6 +95,26 @@ def test_a_relative_workdir_gives_derived_cohorts_a_truth_link_that_resolves(tmp
     assert any((bench.oracle_cohort() / "truth").iterdir())
 
 
+def test_ablation_rows_are_chosen_by_name_and_the_same_network_bounds_train_where_they_should(tmp_path):
+    """presence_absence's seg_only rows: the codec with the segmentation loss alone, on the
+    annotated images (the method's cohort) and on every true mask (the oracle cohort)."""
+    from aeseg.methods.presence_absence import loss_weights
+
+    bench = harness.Bench("presence_absence", "lesion_pa", workdir=tmp_path, setting="1pct")
+    bench.plan.phantom = {"size": 32, "n_train": 4, "n_val": 2, "n_test": 2}
+    cohort = bench.build_cohort()
+    rows = bench.ablation_rows(("seg_only_all", "seg_only"), cohort)
+    assert [r[0] for r in rows] == ["ablation_seg_only", "ablation_seg_only_all"]  # the plan's order
+    assert rows[0][3] == cohort and rows[1][3] == bench.workdir / "cohort_oracle"
+    for _, method, overrides, _ in rows:
+        cfg = resolve_config(method, overrides)
+        assert method == "presence_absence" and loss_weights(cfg.method_config) == {"seg": 1.0}
+    assert [r[0] for r in bench.ablation_rows(True, cohort)] == [f"ablation_{v.name}" for v in bench.plan.ablations]
+    assert bench.ablation_rows(False, cohort) == []
+    with pytest.raises(SystemExit, match="no ablation row nope .*seg_only"):
+        bench.ablation_rows(("nope",), cohort)
+
+
 def test_reuse_accepts_a_field_added_since_at_its_default_only(finished):
     cohort, cfg, job = finished
     meta = json.loads((job / "job.json").read_text())

@@ -304,6 +304,30 @@ def test_train_step_every_translation_mode(pa_cohort, translation, cycle):
     assert p.shape == (2, 2, SIZE, SIZE) and torch.allclose(p.sum(1), torch.ones(2, SIZE, SIZE))
 
 
+def test_segmentation_only_trains_the_segmentation_path_on_annotated_slices_alone(pa_cohort):
+    """translation=none with lambda_rec = lambda_lat = 0: the paper's "segmentation only"
+    baseline. The common decoder learns nothing; a batch without annotated slices changes
+    no weight."""
+    from aeseg.methods.base import Phase, StepInfo
+
+    m = make_method(pa_cohort, translation="none", cycle=False, lambda_rec=0.0, lambda_lat=0.0, lambda_seg=1.0)
+    assert m.weights == {"seg": 1.0} and "disc_a" not in m.modules()
+    ph, info = Phase("train", 1), StepInfo("train", 0, 1, 0, 1, 0)
+    idx = m.train_indices(ph)
+    enc = [p.detach().clone() for p in m.codec.encoder.parameters()]
+    com = [p.detach().clone() for p in m.codec.common.parameters()]
+    losses = m.train_step(m.make_batch(idx[:2], ph), info)
+    assert set(losses) == {"n_seg", "seg", "loss"} and losses["n_seg"] >= 1 and math.isfinite(losses["seg"])
+    assert any(not torch.equal(a, b) for a, b in zip(enc, m.codec.encoder.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(com, m.codec.common.parameters()))
+    # no annotated slice in the batch (no extras, unannotated present slices only): nothing to learn
+    m.config.labeled_per_batch = 0
+    unannotated = idx[m.ctx.data.train.kind[idx] != 0][:2]
+    enc = [p.detach().clone() for p in m.codec.encoder.parameters()]
+    assert m.train_step(m.make_batch(unannotated, ph), info) == {"n_seg": 0.0, "loss": 0.0}
+    assert all(torch.equal(a, b) for a, b in zip(enc, m.codec.encoder.parameters()))
+
+
 def test_job_writes_absence_and_residual_maps_and_quality(pa_cohort, tmp_path):
     from aeseg.cohort.reading import read_image
     from aeseg.engine.config import resolve_config

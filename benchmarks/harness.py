@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -78,6 +78,7 @@ class Variant:
     name: str
     overrides: dict[str, Any] = field(default_factory=dict)
     method: str | None = None  # default: the benchmarked method
+    cohort: Literal["method", "oracle"] = "method"  # "oracle": every training case with its true label
 
 
 @dataclass
@@ -210,6 +211,25 @@ class Bench:
                 return str(clean_run.job / "pseudo_labels" / f"{c.case_id}.seg.nrrd"), "noisy"
             return None
         return self.derived_cohort("cohort_standardized", lab)
+
+    def ablation_rows(self, which: bool | tuple[str, ...] | None, method_cohort: Path
+                      ) -> list[tuple[str, str, dict[str, Any], Path]]:
+        """(row name, method, overrides, cohort) of the plan's ablation rows: all (True),
+        none (False) or those named; a row whose ``cohort`` is "oracle" trains on the
+        oracle cohort, the others on the method's."""
+        if which is True:
+            chosen = list(self.plan.ablations)
+        elif not which:
+            chosen = []
+        else:
+            names = {v.name for v in self.plan.ablations}
+            unknown = sorted(set(which) - names)
+            if unknown:
+                raise SystemExit(f"no ablation row {', '.join(unknown)} in the {self.method} plan "
+                                 f"(it has: {', '.join(sorted(names)) or 'none'})")
+            chosen = [v for v in self.plan.ablations if v.name in which]
+        return [(f"ablation_{v.name}", v.method or self.method, v.overrides,
+                 self.oracle_cohort() if v.cohort == "oracle" else method_cohort) for v in chosen]
 
     # runs ----------------------------------------------------------------------------
     def run(self, name: str, method: str, overrides: dict[str, Any] | None = None, cohort: Path | None = None) -> RunResult:
@@ -483,7 +503,7 @@ def apply_epochs(plan: Plan, epochs: int) -> None:
 
 
 def run_benchmark(method: str, task: str, profile: str = "quick", setting: str | None = None,
-                  noise: str | float | None = None, seed: int = 0, ablations: bool = True,
+                  noise: str | float | None = None, seed: int = 0, ablations: bool | tuple[str, ...] = True,
                   out_dir: Path | None = None, reuse: bool = False, train_seeds: tuple[int, ...] | None = None,
                   jobs: int = 1, sets: dict[str, Any] | None = None, epochs: int | None = None,
                   workdir: Path | None = None) -> dict[str, Any]:
@@ -509,8 +529,8 @@ def run_benchmark(method: str, task: str, profile: str = "quick", setting: str |
     rows = []  # what trains on the method's cohort (longest first), then the baselines
     if method != "supervised" or plan.overrides:
         rows.append(("method", method, plan.overrides, train_cohort))
-    if ablations:
-        rows += [(f"ablation_{v.name}", v.method or method, v.overrides, train_cohort) for v in plan.ablations]
+    ablation_rows = b.ablation_rows(ablations, train_cohort)
+    rows += ablation_rows
     if "noisy_baseline" in plan.baselines:
         rows.append(("noisy_baseline", "supervised", {"labels": "all", **plan.baseline_overrides}, train_cohort))
     if not semi:
@@ -527,11 +547,7 @@ def run_benchmark(method: str, task: str, profile: str = "quick", setting: str |
         runs["method"] = b.run("method", method, plan.overrides, cohort=train_cohort)
     else:
         runs["method"] = runs["clean_only"]
-    abl = {}
-    if ablations:
-        for v in plan.ablations:
-            r = b.run(f"ablation_{v.name}", v.method or method, v.overrides, cohort=train_cohort)
-            abl[v.name] = r.test_dice
+    abl = {row[0].removeprefix("ablation_"): b.run(*row).test_dice for row in ablation_rows}
     ref = runs.get(plan.gap_reference)
     result: dict[str, Any] = {
         "method": method, "task": task, "setting": setting, "noise": noise, "profile": profile, "seed": seed,

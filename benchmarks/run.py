@@ -39,6 +39,8 @@ def main(argv=None) -> int:
                     help="train every run with this many seeds (seed, seed+1, ...) on the same cohort; "
                          "test Dice per case is averaged over them")
     ap.add_argument("--no-ablations", action="store_true")
+    ap.add_argument("--ablation", action="append", default=[], metavar="NAME",
+                    help="run only this ablation row of the plan (repeatable; e.g. with --reuse, to add rows to a run)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the phantom cohort and every finished run whose job.json matches (same cohort, same "
                          "config); marked 'reused' in the results")
@@ -69,7 +71,10 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(a.threads)
         PROFILES[a.profile]["engine.threads"] = a.threads
-    run_benchmark(a.method, a.task, a.profile, a.setting, a.noise, a.seed, not a.no_ablations, a.out, a.reuse,
+    if a.ablation and a.no_ablations:
+        ap.error("--ablation and --no-ablations exclude each other")
+    ablations = tuple(a.ablation) if a.ablation else not a.no_ablations
+    run_benchmark(a.method, a.task, a.profile, a.setting, a.noise, a.seed, ablations, a.out, a.reuse,
                   tuple(range(a.seed, a.seed + a.train_seeds)), a.jobs, sets, a.epochs or None, a.workdir)
     return 0
 

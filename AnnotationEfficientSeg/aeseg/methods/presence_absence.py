@@ -25,7 +25,8 @@ reference code does). AMSGrad, β = (0.5, 0.999), lr 1e-4 (paper; the code uses 
 Ablations as switches: ``translation`` both / ``p_to_a`` (no A→P, no cycle, no P
 discriminator) / ``none`` (reconstruction only: with ``lambda_lat=0``, ``cycle=False``
 and weights rec = seg = 1 this is the paper's autoencoding baseline on the same
-network), ``cycle``, ``seg_decoder`` shared / separate, ``seg_norm`` static / adain (the
+network; with ``lambda_rec=0`` as well, the paper's "segmentation only" baseline, which
+trains on the annotated slices alone), ``cycle``, ``seg_decoder`` shared / separate, ``seg_norm`` static / adain (the
 segmentation norms as learnt parameters, or as the reference code's adaptive instance
 norms predicted from each image's code), ``skips``, ``enc_norm`` and ``dec_norm``,
 ``spectral_norm``.
@@ -232,6 +233,8 @@ class PresenceAbsence(Method):
         seg_idx = torch.cat([torch.nonzero(sup).flatten(), torch.arange(2 * n, 2 * n + k, device=x.device)])
         both = c.translation == "both"
         self.codec.train()
+        if set(w) == {"seg"}:  # segmentation alone: the paper's "segmentation only" baseline
+            return self._seg_only_step(x, y, seg_idx)
         losses: dict[str, torch.Tensor] = {}
         with self.ctx.autocast():
             code = self.codec.encode(x)  # present, absent and extra annotated slices in one pass
@@ -287,6 +290,21 @@ class PresenceAbsence(Method):
         out["loss"] = float(total.detach()) if torch.is_tensor(total) else float(total)
         out.update({name: float(v.detach()) for name, v in losses.items()})
         return out
+
+    def _seg_only_step(self, x: torch.Tensor, y: torch.Tensor, seg_idx: torch.Tensor) -> dict[str, float]:
+        """Only the segmentation objective is active (``translation=none``, ``lambda_rec=0``,
+        ``lambda_lat=0``): the encoder and the residual decoder's segmentation path see the
+        annotated slices alone, as the paper's "segmentation only" baseline, which "is
+        equivalent to the proposed method with only the segmentation loss, using only the
+        residual decoder" (Sec. IV) and whose batches "contain only these slices"."""
+        if not len(seg_idx):
+            return {"n_seg": 0.0, "loss": 0.0}
+        with self.ctx.autocast():
+            logits = self.codec.segment(self.codec.encode(x[seg_idx]))
+            loss = self.seg_loss(logits.float(), y[seg_idx])  # Eq. (7)
+        self.ctx.optimize(loss, self.opt_g)
+        v = float(loss.detach())
+        return {"n_seg": float(len(seg_idx)), "seg": v, "loss": v}
 
     # --- inference -------------------------------------------------------------------
     @torch.no_grad()
