@@ -42,6 +42,9 @@ def test_targets_against_hand_computed_values():
     assert figures.target_dice(_result("supervised")) is None
     assert "target ≥ 60 %" in figures.headline(_result("aide"))
     assert figures.headline(_result("shape_prior_gan", ref="oracle")).startswith("oracle − method 0.100")
+    pa = _result("presence_absence", ref="clean_only")
+    pa["extra"] = {"gap_covered_same_network": {"method": 0.625}}
+    assert figures.headline(pa) == "gap covered 50 %, 62 % between the codec's own bounds (target ≥ 50 %)"
 
 
 def test_draw_writes_a_png_that_grows_with_the_rows(tmp_path):
