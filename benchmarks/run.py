@@ -40,7 +40,8 @@ def main(argv=None) -> int:
                          "test Dice per case is averaged over them")
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--ablation", action="append", default=[], metavar="NAME",
-                    help="run only this ablation row of the plan (repeatable; e.g. with --reuse, to add rows to a run)")
+                    help="run only this ablation row of the plan (repeatable; e.g. with --reuse, to add rows to a run; "
+                         "the results file has the usual name: give --out to keep a full run's file)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the phantom cohort and every finished run whose job.json matches (same cohort, same "
                          "config); marked 'reused' in the results")

@@ -26,10 +26,10 @@ Ablations as switches: ``translation`` both / ``p_to_a`` (no A→P, no cycle, no
 discriminator) / ``none`` (reconstruction only: with ``lambda_lat=0``, ``cycle=False``
 and weights rec = seg = 1 this is the paper's autoencoding baseline on the same
 network; with ``lambda_rec=0`` as well, the paper's "segmentation only" baseline, which
-trains on the annotated slices alone), ``cycle``, ``seg_decoder`` shared / separate, ``seg_norm`` static / adain (the
-segmentation norms as learnt parameters, or as the reference code's adaptive instance
-norms predicted from each image's code), ``skips``, ``enc_norm`` and ``dec_norm``,
-``spectral_norm``.
+trains on the annotated slices alone), ``cycle``, ``seg_decoder`` shared / separate,
+``seg_norm`` static / adain (the segmentation norms as learnt parameters, or as the
+reference code's adaptive instance norms predicted from each image's code), ``skips``,
+``enc_norm`` and ``dec_norm``, ``spectral_norm``.
 
 Outputs besides the segmentation: per case ``maps/<case>/absence.nrrd`` (the
 healthy-looking translation ``g_com(c)``) and ``maps/<case>/residual.nrrd`` (``g_res(c, u)``),
