@@ -94,16 +94,10 @@ def headline(result: dict) -> str:
 
 
 def title_of(result: dict) -> str:
-    parts = [result.get("method", "?"), "on", result.get("task", "?")]
-    parts += [str(x) for x in (result.get("setting"), result.get("noise")) if x]
-    t = " ".join(parts)
-    extra = []
-    if result.get("profile", "quick") != "quick":
-        extra.append(f"{result['profile']}, {result.get('epochs')} epochs at {result.get('image_size')} px")
-    if len(result.get("train_seeds") or []) > 1:
-        extra.append(f"{len(result['train_seeds'])} seeds")
-    extra += [f"{k}={v}" for k, v in (result.get("sets") or {}).items()]
-    return t + (f"  ({'; '.join(extra)})" if extra else "")
+    """Method, task and the setting as the README tables word it."""
+    from table import setting_text
+
+    return f"{result.get('method', '?')} on {result.get('task', '?')}\n{setting_text(result)}"
 
 
 def draw(result: dict, path: Path) -> Path:
@@ -113,7 +107,7 @@ def draw(result: dict, path: Path) -> Path:
     rows = rows_of(result)
     if not rows:
         raise ValueError("the result has no test Dice rows")
-    fig = new_figure(7.5, 1.0 + 0.42 * len(rows))
+    fig = new_figure(7.5, 1.2 + 0.42 * len(rows))
     ax = fig.add_subplot(1, 1, 1)
     ys = list(range(len(rows)))[::-1]  # first row at the top
     for y, r in zip(ys, rows):

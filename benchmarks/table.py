@@ -44,7 +44,7 @@ def gap_cell(r: dict) -> str:
     return pct(r.get("gap_covered"))
 
 
-def _setting(r: dict) -> str:
+def setting_text(r: dict) -> str:
     s = " ".join(str(x) for x in (r.get("setting"), r.get("noise")) if x) or "default"
     if r.get("profile", "quick") != "quick":  # epochs and image size (``run.py --epochs`` changes the epochs)
         s += f", {r['profile']} profile"
@@ -66,7 +66,7 @@ def noisy_rows(results: list[dict]) -> list[str]:
         td, tri = r["test_dice"], r.get("triage") or {}
         nd = r.get("noisy_label_mean_dice")
         topk = f"{tri['top_k_precision']} ({tri['chance_precision']})" if "top_k_precision" in tri else "–"
-        out.append(f"| {r['method']} | {_setting(r)} | {'–' if nd is None else f'{nd:.2f}'} | {fmt(td.get('method'))} |"
+        out.append(f"| {r['method']} | {setting_text(r)} | {'–' if nd is None else f'{nd:.2f}'} | {fmt(td.get('method'))} |"
                    f" {fmt(td.get('noisy_baseline'))} | {fmt(td.get('clean_only'))} | {fmt(td.get('oracle'))} |"
                    f" {gap_cell(r)} | {r['step_time']['ratio']:.2f} | {tri.get('spearman', '–')} | {topk} |")
         for name, d in (r.get("ablations") or {}).items():
@@ -91,7 +91,7 @@ def shape_rows(results: list[dict]) -> list[str]:
         rs = e.get("round_step", {})
         restarts = (r.get("method_config") or r.get("overrides") or {}).get("gan_starts", 1)
         threads = r.get("threads_note") or r["machine"]["threads"]
-        setting = _setting(r) + (f", {restarts} GAN restarts" if restarts > 1 else ", no restarts") + \
+        setting = setting_text(r) + (f", {restarts} GAN restarts" if restarts > 1 else ", no restarts") + \
             f", threads {threads}"
         out.append(f"| {r['task']} | {setting} | {s1s} | {s2s} | {fmt(r['test_dice'].get('oracle'))} |"
                    f" {e.get('oracle_minus_method', '–')} | {lq} | {r['step_time']['ratio']:.1f} / {rs.get('ratio', '–')} |")
@@ -110,9 +110,9 @@ def pa_rows(results: list[dict]) -> list[str]:
                 "method": r["test_dice"].get("method"), **(r.get("ablations") or {})}
         for name, d in rows.items():
             empty = pres.get(name, {}).get("absent_predicted_empty")
-            out.append(f"| {_setting(r)} | {name} | {fmt(d)} | {pct(gaps.get(name)) if name in gaps else ''} |"
+            out.append(f"| {setting_text(r)} | {name} | {fmt(d)} | {pct(gaps.get(name)) if name in gaps else ''} |"
                        f" {pct(same.get(name)) if name in same else ''} | {'–' if empty is None else f'{empty:.2f}'} |")
-        out.append(f"| {_setting(r)} | step ratio | {r['step_time']['ratio']:.1f} | | | |")
+        out.append(f"| {setting_text(r)} | step ratio | {r['step_time']['ratio']:.1f} | | | |")
     return out
 
 
