@@ -349,6 +349,9 @@ def test_job_writes_absence_and_residual_maps_and_quality(pa_cohort, tmp_path):
     src = read_image(pa_cohort / "images" / "present" / "train_000.png")
     assert absence.array.shape == residual.array.shape == src.array.shape
     assert np.abs(absence.array).max() <= 1.0 + 1e-5
+    # the report shows each case's absence image and residual beside it: three panels a row
+    import matplotlib.image as mpimg
+    assert mpimg.imread(str(job.root / "report" / "overview.png")).shape[1] == 900
 
 
 @pytest.mark.parametrize("small, learns", [(False, True), (True, False)])

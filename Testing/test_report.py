@@ -12,6 +12,7 @@ import pytest
 from aeseg.io.segmentation import SEGMENT_COLOURS
 from aeseg.report import OverviewCase, plot_curves, plot_overview, write_report
 from aeseg.report.curves import loss_series, val_dice_series
+from aeseg.report.overview import map_style
 
 HISTORY = [
     {"epoch": 0, "phase": "train", "losses": {"loss": 1.0, "seg": 0.8}},
@@ -94,6 +95,46 @@ def test_plot_overview_rejects_mismatched_mask(tmp_path):
     case.masks["Given label"] = np.zeros((10, 10), bool)
     with pytest.raises(ValueError, match="bad.*Given label"):
         plot_overview([case], tmp_path / "bad.png")
+
+
+def test_map_style_per_kind_of_map():
+    rng = np.random.default_rng(0)
+    texture = rng.normal(0.2, 0.1, (32, 32))
+    cmap, lo, hi = map_style("absence", texture)  # image-like: grey over its percentiles
+    assert cmap == "gray" and (lo, hi) == pytest.approx(tuple(np.percentile(texture, [1, 99])))
+    residual = rng.normal(0.0, 0.02, (32, 32))
+    residual[10:14, 10:14] = 0.4  # a bright lesion the translation removed
+    cmap, lo, hi = map_style("residual", residual)  # signed: diverging, centred on zero, to the largest value
+    assert cmap == "RdBu_r" and hi == pytest.approx(0.4) and lo == -hi
+    assert map_style("aide_confidence", rng.uniform(0.2, 0.9, (8, 8))) == ("viridis", 0.0, 1.0)
+    disc = rng.uniform(2.0, 5.0, (16, 16))
+    cmap, lo, hi = map_style("discriminator", disc)
+    assert cmap == "viridis" and (lo, hi) == pytest.approx(tuple(np.percentile(disc, [1, 99])))
+    assert map_style("constant", np.full((4, 4), 3.0))[1:] == (3.0, 4.0)  # never an empty range
+    assert map_style("empty", np.full((4, 4), np.nan)) == ("viridis", 0.0, 1.0)
+
+
+def test_plot_overview_draws_each_cases_maps_beside_it(tmp_path):
+    residual = np.zeros((48, 64))
+    residual[20:30, 20:30] = 0.5  # red on the diverging scale
+    residual[0, 0] = -0.5
+    cases = [_case("a"), _case("b")]
+    for c in cases:
+        c.maps = {"absence": c.image_2d * 0.5, "residual": residual}
+    two = _png(plot_overview(cases, tmp_path / "maps.png", "Maps"))
+    plain = _png(plot_overview([_case("a"), _case("b")], tmp_path / "plain.png", "Plain"))
+    assert two.shape[1] == 900  # image + two maps per row
+    assert plain.shape[1] == 600 and two.shape[0] > plain.shape[0]  # one case per row instead of two per row
+    red = (0.6, 0.0, 0.12)  # the dark end of RdBu_r
+    assert _colour_pixels(two, red, tol=0.15) > 100 and _colour_pixels(plain, red, tol=0.15) == 0
+    # a case without maps beside one with maps: its map panels stay empty; more maps than
+    # MAX_MAPS are cut; a map of the wrong shape is an error naming the case and the map
+    cases[1].maps = {}
+    cases[0].maps = {f"m{i}": residual for i in range(5)}
+    assert _png(plot_overview(cases, tmp_path / "cut.png")).shape[1] == 1200
+    cases[0].maps = {"residual": np.zeros((10, 10))}
+    with pytest.raises(ValueError, match="a.*residual"):
+        plot_overview(cases, tmp_path / "bad.png")
 
 
 def test_write_report(tmp_path):

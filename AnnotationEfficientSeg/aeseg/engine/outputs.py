@@ -9,6 +9,7 @@ import io
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from ..quality.metrics import dice
 from ..quality.table import rank_rows, write_quality_csv
 from .inference import predict_case
 from .job import JobFolder
+
+if TYPE_CHECKING:
+    from ..report import OverviewCase
 
 
 def soft_confidence(prob: np.ndarray) -> float:
@@ -107,7 +111,7 @@ def finalize(job: JobFolder, method, data: CohortData, cfg, st, cohort) -> None:
     for p in method.write_outputs(job, preds):
         job.events.emit("artifact", path=job.rel(Path(p)), kind="method_output")
 
-    report = write_job_report(job, cfg, st, ranked, records, preds)
+    report = write_job_report(job, cfg, st, ranked, records, preds, quality.maps)
     if report:
         job.events.emit("artifact", path=job.rel(report), kind="report")
 
@@ -116,22 +120,31 @@ def _f(v) -> str:
     return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{float(v):.4f}"
 
 
-def write_job_report(job: JobFolder, cfg, st, ranked: list[dict], records, preds, n_cases: int = 6) -> Path | None:
-    from ..report import OverviewCase, write_report
+def overview_case(row: dict, rec: CaseRecord, pred: np.ndarray, maps: dict[str, np.ndarray], axis: int
+                  ) -> OverviewCase:
+    """The overview panel of one ranked case: the slice where its pseudo label and given
+    label cover most pixels, with both as contours and the same slice of each of the
+    method's maps (``maps/<case>/<name>.nrrd``) beside it."""
+    from ..report import OverviewCase
 
-    overview = []
-    for r in ranked[:n_cases]:
-        split, rec = records[r["case"]]
-        img = read_image(rec.case.image).array
-        img_sl = to_slices(img, cfg.data.axis)[:, 0]  # (N, H, W), first channel
-        pred_sl = to_slices(preds[r["case"]] > 0.5, cfg.data.axis)
-        masks = {"Pseudo label": pred_sl}
-        if rec.label_zyx is not None:
-            masks["Given label"] = to_slices(rec.label_zyx > 0, cfg.data.axis)
-        area = sum(m.reshape(m.shape[0], -1).sum(1) for m in masks.values())
-        k = int(np.argmax(area))
-        sub = f"rank {r['rank']} · score {_f(r['score'])}" + (" · flagged" if r["flag"] else "")
-        overview.append(OverviewCase(r["case"], img_sl[k], {n: m[k] for n, m in masks.items()}, sub))
+    img = read_image(rec.case.image).array
+    img_sl = to_slices(img, axis)[:, 0]  # (N, H, W), first channel
+    masks = {"Pseudo label": to_slices(pred > 0.5, axis)}
+    if rec.label_zyx is not None:
+        masks["Given label"] = to_slices(rec.label_zyx > 0, axis)
+    area = sum(m.reshape(m.shape[0], -1).sum(1) for m in masks.values())
+    k = int(np.argmax(area))
+    sub = f"rank {row['rank']} · score {_f(row['score'])}" + (" · flagged" if row["flag"] else "")
+    map_sl = {name: to_slices(np.asarray(m), axis)[k] for name, m in maps.items() if np.ndim(m) == 3}
+    return OverviewCase(row["case"], img_sl[k], {n: m[k] for n, m in masks.items()}, sub, map_sl)
+
+
+def write_job_report(job: JobFolder, cfg, st, ranked: list[dict], records, preds,
+                     maps: dict[str, dict[str, np.ndarray]] | None = None, n_cases: int = 6) -> Path | None:
+    from ..report import write_report
+
+    overview = [overview_case(r, records[r["case"]][1], preds[r["case"]], (maps or {}).get(r["case"], {}),
+                              cfg.data.axis) for r in ranked[:n_cases]]
     summary = {"method": cfg.method, "cohort": str(job.read_meta().get("cohort", "")),
                "epochs": len(st.history), "best val Dice": _f(st.best) if st.best >= 0 else "n/a",
                "training time (s)": f"{st.elapsed:.1f}", "device": str(job.read_meta().get("device", "")),

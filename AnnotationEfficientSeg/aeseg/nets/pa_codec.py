@@ -74,11 +74,13 @@ def _small_init(c: nn.Conv2d) -> None:
     nn.init.zeros_(c.bias)
 
 
-def conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+def conv(cin: int, cout: int, kernel: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
     """A 2D convolution with reflection padding and Kaiming-normal weights (Sec. IV-B)."""
-    c = nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, padding_mode="reflect" if kernel > 1 else "zeros")
+    c = nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, padding_mode="reflect" if kernel > 1 else "zeros",
+                  bias=bias)
     nn.init.kaiming_normal_(c.weight, nonlinearity="relu")
-    nn.init.zeros_(c.bias)
+    if bias:
+        nn.init.zeros_(c.bias)
     return c
 
 
@@ -234,7 +236,8 @@ class Decoder(nn.Module):
             if not self.skip_at[i]:
                 continue
             if skips == "compressed":
-                self.compress[str(lvl)] = nn.Sequential(conv(ch[lvl], 1, 1), make_norm("instance", 1))
+                # no bias: the instance norm right after it would subtract it again
+                self.compress[str(lvl)] = nn.Sequential(conv(ch[lvl], 1, 1, bias=False), make_norm("instance", 1))
                 cin = cout + 1
             elif skips == "full":
                 cin = cout + ch[lvl]

@@ -1,4 +1,5 @@
-"""A grid of case thumbnails with each mask drawn as a coloured contour."""
+"""A grid of case thumbnails with each mask drawn as a coloured contour, and each case's
+per-pixel maps (the presence/absence residual, AIDE's confidence…) drawn beside it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ FALLBACK_COLOURS = (
     (0.55, 0.34, 0.29), (0.89, 0.47, 0.76), (0.50, 0.50, 0.50), (0.74, 0.74, 0.13), (0.09, 0.75, 0.81),
 )
 MAX_COLUMNS = 4
+MAX_MAPS = 3  # map panels beside each case's image
 PANEL_INCHES = 3.0
 
 
@@ -30,6 +32,7 @@ class OverviewCase:
     image_2d: np.ndarray
     masks: dict[str, np.ndarray] = field(default_factory=dict)  # name → (Y, X) bool
     subtitle: str = ""
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # name → (Y, X) float, drawn beside the image
 
 
 def mask_colours(names: list[str]) -> dict[str, tuple[float, float, float]]:
@@ -61,10 +64,34 @@ def _display_image(img: np.ndarray, case_id: str) -> tuple[np.ndarray, bool]:
     return np.clip(scaled, 0.0, 1.0), rgb
 
 
-def _draw_case(ax, case: OverviewCase, colours: dict[str, tuple[float, float, float]]) -> None:
-    img, rgb = _display_image(case.image_2d, case.case_id)
-    h, w = img.shape[:2]
-    ax.imshow(img, cmap=None if rgb else "gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+def map_style(name: str, values: np.ndarray) -> tuple[str, float, float]:
+    """Colour map and range of a per-pixel map panel.
+
+    An image-like map (name starting ``absence``: the healthy-looking translation) is grey
+    between its 1st and 99th percentiles, like the image; a signed map (the additive
+    residual) is diverging and centred on zero, so that added and removed intensity read
+    as red and blue, over its largest magnitude (the residual's noise floor stays pale and
+    what the translation removed stands out); any other map (confidence, weights, probability) is ``viridis``
+    over 0–1 when it lies there, else over its 1st–99th percentiles.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return "viridis", 0.0, 1.0
+    if name.startswith("absence"):
+        lo, hi = (float(x) for x in np.percentile(v, [1, 99]))
+        return "gray", lo, hi if hi > lo else lo + 1.0
+    if v.min() < 0:
+        m = float(np.abs(v).max())
+        return "RdBu_r", -m, m
+    if v.max() <= 1.0:
+        return "viridis", 0.0, 1.0
+    lo, hi = (float(x) for x in np.percentile(v, [1, 99]))
+    return "viridis", lo, hi if hi > lo else lo + 1.0
+
+
+def _contours(ax, case: OverviewCase, colours: dict[str, tuple[float, float, float]], h: int, w: int,
+              width: float) -> None:
     # Pad with background so masks touching the border (or filling the image) still get a contour.
     xs, ys = np.arange(-1, w + 1), np.arange(-1, h + 1)
     for name, mask in case.masks.items():
@@ -73,34 +100,70 @@ def _draw_case(ax, case: OverviewCase, colours: dict[str, tuple[float, float, fl
             raise ValueError(f"case '{case.case_id}': mask '{name}' has shape {m.shape}, image is {(h, w)}")
         if not m.any():
             continue
-        ax.contour(xs, ys, np.pad(m, 1).astype(np.float32), levels=[0.5], colors=[colours[name]], linewidths=1.3)
+        ax.contour(xs, ys, np.pad(m, 1).astype(np.float32), levels=[0.5], colors=[colours[name]], linewidths=width)
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def _draw_case(ax, case: OverviewCase, colours: dict[str, tuple[float, float, float]]) -> None:
+    img, rgb = _display_image(case.image_2d, case.case_id)
+    h, w = img.shape[:2]
+    ax.imshow(img, cmap=None if rgb else "gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    _contours(ax, case, colours, h, w, 1.3)
     ax.set_title(case.case_id + (f"\n{case.subtitle}" if case.subtitle else ""), fontsize=9)
+
+
+def _draw_map(ax, case: OverviewCase, name: str, colours: dict[str, tuple[float, float, float]]) -> None:
+    """One map panel: the map in its colour scale with a colour bar, the masks' contours thin."""
+    h, w = np.shape(case.image_2d)[:2]
+    values = np.asarray(case.maps[name], dtype=np.float64)
+    if values.shape != (h, w):
+        raise ValueError(f"case '{case.case_id}': map '{name}' has shape {values.shape}, image is {(h, w)}")
+    cmap, vmin, vmax = map_style(name, values)
+    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
+    _contours(ax, case, colours, h, w, 0.8)
+    ax.set_title(name, fontsize=9)
 
 
 def plot_overview(cases: list[OverviewCase], path: str | os.PathLike, title: str = "") -> Path:
     """Grid of ``cases`` (up to four per row) with mask contours and a legend, saved as PNG.
 
-    Empty masks are listed in the legend but draw nothing; an empty ``cases`` list
-    gives a placeholder image.
+    When a case has maps, every case takes a row: its image, then up to :data:`MAX_MAPS`
+    of its maps (see :func:`map_style`), each with the masks' contours. Empty masks are
+    listed in the legend but draw nothing; an empty ``cases`` list gives a placeholder image.
     """
     names: list[str] = []
     for c in cases:
         names.extend(n for n in c.masks if n not in names)
     colours = mask_colours(names)
     n = len(cases)
-    ncols = min(max(n, 1), MAX_COLUMNS)
-    nrows = max(1, math.ceil(n / ncols))
+    n_maps = min(max((len(c.maps) for c in cases), default=0), MAX_MAPS)
+    if n_maps:
+        ncols, nrows = 1 + n_maps, max(n, 1)
+    else:
+        ncols = min(max(n, 1), MAX_COLUMNS)
+        nrows = max(1, math.ceil(n / ncols))
     aspect = max((np.shape(c.image_2d)[0] / max(np.shape(c.image_2d)[1], 1) for c in cases), default=1.0)
     row_inches = PANEL_INCHES * float(np.clip(aspect, 0.25, 2.0)) + 0.5  # image + two title lines
     legend_in, title_in = (0.5 if names else 0.1), (0.45 if title else 0.1)
     fig = new_figure(PANEL_INCHES * ncols, row_inches * nrows + legend_in + title_in)
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    for ax, case in zip(axes, cases):
-        _draw_case(ax, case, colours)
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    if n_maps:
+        for row, case in zip(grid, cases):
+            _draw_case(row[0], case, colours)
+            names_here = list(case.maps)[:n_maps]
+            for ax, name in zip(row[1:], names_here):
+                _draw_map(ax, case, name, colours)
+            for ax in row[1 + len(names_here):]:
+                ax.axis("off")
+        axes = grid[:, 0]
+    else:
+        axes = grid.ravel()
+        for ax, case in zip(axes, cases):
+            _draw_case(ax, case, colours)
     for ax in axes[n:]:
         ax.axis("off")
     if n == 0:
@@ -111,6 +174,6 @@ def plot_overview(cases: list[OverviewCase], path: str | os.PathLike, title: str
         handles = [Line2D([0], [0], color=colours[nm], linewidth=2) for nm in names]
         fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5), frameon=False, fontsize=9)
     height = fig.get_figheight()
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=legend_in / height, top=1.0 - (title_in + 0.4) / height,
-                        wspace=0.05, hspace=0.5 / (row_inches - 0.5))
+    fig.subplots_adjust(left=0.02, right=0.94 if n_maps else 0.98, bottom=legend_in / height, top=1.0 - (title_in + 0.4) / height,
+                        wspace=0.3 if n_maps else 0.05, hspace=0.5 / (row_inches - 0.5))
     return save_png(fig, path)
