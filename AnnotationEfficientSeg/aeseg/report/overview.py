@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib import patheffects
 from matplotlib.lines import Line2D
 
 from ..io.segmentation import SEGMENT_COLOURS
@@ -91,7 +92,7 @@ def map_style(name: str, values: np.ndarray) -> tuple[str, float, float]:
 
 
 def _contours(ax, case: OverviewCase, colours: dict[str, tuple[float, float, float]], h: int, w: int,
-              width: float) -> None:
+              width: float, outline: bool = False) -> None:
     # Pad with background so masks touching the border (or filling the image) still get a contour.
     xs, ys = np.arange(-1, w + 1), np.arange(-1, h + 1)
     for name, mask in case.masks.items():
@@ -100,7 +101,9 @@ def _contours(ax, case: OverviewCase, colours: dict[str, tuple[float, float, flo
             raise ValueError(f"case '{case.case_id}': mask '{name}' has shape {m.shape}, image is {(h, w)}")
         if not m.any():
             continue
-        ax.contour(xs, ys, np.pad(m, 1).astype(np.float32), levels=[0.5], colors=[colours[name]], linewidths=width)
+        cs = ax.contour(xs, ys, np.pad(m, 1).astype(np.float32), levels=[0.5], colors=[colours[name]], linewidths=width)
+        if outline:  # a dark edge keeps the contour visible on a coloured map
+            cs.set(path_effects=[patheffects.withStroke(linewidth=width + 1.5, foreground="black")])
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     ax.set_xticks([])
@@ -124,7 +127,7 @@ def _draw_map(ax, case: OverviewCase, name: str, colours: dict[str, tuple[float,
     cmap, vmin, vmax = map_style(name, values)
     im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
-    _contours(ax, case, colours, h, w, 0.8)
+    _contours(ax, case, colours, h, w, 1.0, outline=True)
     ax.set_title(name, fontsize=9)
 
 
