@@ -15,6 +15,7 @@ segmentation nodes, per-pixel map overlays, Segment Editor hand-off, Accept).
 import hashlib
 import json
 import logging
+import math
 import os
 import traceback
 from typing import Annotated, Optional
@@ -35,11 +36,7 @@ from slicer.util import VTKObservationMixin
 from AnnotationEfficientSegLib import process as aeprocess
 from AnnotationEfficientSegLib import refined as aerefined
 from AnnotationEfficientSegLib.panel import Panel
-from AnnotationEfficientSegLib.review import REVIEW_SEGMENTS, CaseFiles, ReviewQueue, ReviewRow, case_files
-
-# colour tables for per-pixel maps (the first one present is used): weights, anything else
-WEIGHT_MAP_COLORS = ("vtkMRMLColorTableNodeFileViridis.txt", "vtkMRMLColorTableNodeRainbow")
-OTHER_MAP_COLORS = ("vtkMRMLColorTableNodeFileColdToHotRainbow.txt", "vtkMRMLColorTableNodeRainbow")
+from AnnotationEfficientSegLib.review import REVIEW_SEGMENTS, CaseFiles, ReviewQueue, ReviewRow, case_files, map_display
 
 
 #
@@ -505,12 +502,19 @@ class AnnotationEfficientSegLogic(ScriptedLoadableModuleLogic):
         mapNode = slicer.util.loadVolume(path, {"show": False, "name": f"{case} {name}"})
         display = mapNode.GetDisplayNode()
         if display is not None:
-            colors = WEIGHT_MAP_COLORS if (name or "").lower().startswith("weight") else OTHER_MAP_COLORS
-            for colorNodeId in colors:
+            values = slicer.util.arrayFromVolume(mapNode)
+            finite = values[np.isfinite(values)]
+            low, high = (float(finite.min()), float(finite.max())) if finite.size else (math.nan, math.nan)
+            style = map_display(name or "", low, high)
+            for colorNodeId in style.colors:
                 if slicer.mrmlScene.GetNodeByID(colorNodeId):
                     display.SetAndObserveColorNodeID(colorNodeId)
                     break
-            display.AutoWindowLevelOn()
+            if style.window is None:
+                display.AutoWindowLevelOn()
+            else:
+                display.AutoWindowLevelOff()
+                display.SetWindowLevel(style.window, style.level)
         self.mapNode = mapNode
         slicer.util.setSliceViewerLayers(background=self.volumeNode, foreground=mapNode, foregroundOpacity=0.5)
 
@@ -686,6 +690,14 @@ class AnnotationEfficientSegTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Showing a per-pixel map")
         logic.showMap("case01", "residuals", files.maps["residuals"])
         self.assertIsNotNone(logic.mapNode)
+        values = slicer.util.arrayFromVolume(logic.mapNode)
+        style = map_display("residuals", float(values.min()), float(values.max()))
+        mapDisplay = logic.mapNode.GetDisplayNode()
+        if slicer.mrmlScene.GetNodeByID(style.colors[0]):
+            self.assertEqual(mapDisplay.GetColorNodeID(), style.colors[0])
+        if style.window is not None:
+            self.assertAlmostEqual(mapDisplay.GetWindow(), style.window, places=4)
+            self.assertAlmostEqual(mapDisplay.GetLevel(), style.level, places=4)
 
         self.delayDisplay("Loading an unflagged case")
         volumeNode2, segNode2 = logic.loadCase(case_files(job, "case02"), queue.row("case02"), jobDir=job)

@@ -8,7 +8,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "AnnotationEfficientSeg"))
 
-from AnnotationEfficientSegLib.review import REVIEW_SEGMENTS, ReviewQueue, case_files  # noqa: E402
+from AnnotationEfficientSegLib.review import (  # noqa: E402
+    DIVERGING_COLORS, FRACTION_COLORS, GREY_COLORS, OTHER_COLORS, REVIEW_SEGMENTS, ReviewQueue, case_files, map_display)
 
 QUALITY = """case,method,score,flag,rank,lqss_score,aide_corrections,note
 c3,aide,0.91,false,3,0.88,0,ok
@@ -126,3 +127,38 @@ def test_review_segments_have_the_contract_names_and_distinct_colours():
     for i in range(3):
         for j in range(i + 1, 3):
             assert sum(abs(a - b) for a, b in zip(colours[i], colours[j])) > 0.5
+
+
+def test_map_display_per_kind_of_map():
+    absence = map_display("absence", -0.4, 0.5)  # grey, so the opacity slider fades image and translation
+    assert absence.colors == GREY_COLORS and absence.window is None
+    residual = map_display("residual", -0.1, 0.3)  # diverging, centred on zero, to the largest magnitude
+    assert residual.colors == DIVERGING_COLORS and (residual.window, residual.level) == (pytest.approx(0.6), 0.0)
+    assert map_display("residual_ch1", -0.2, -0.05).window == pytest.approx(0.4)
+    assert map_display("flat", -0.0, 0.0).colors == FRACTION_COLORS  # no negative value: not signed
+    weights = map_display("meta_weight_label", 0.0, 0.8)
+    assert weights.colors == FRACTION_COLORS and (weights.window, weights.level) == (1.0, 0.5)
+    disc = map_display("discriminator", 0.5, 7.0)
+    assert disc.colors == OTHER_COLORS and disc.window is None
+    assert map_display("probability", float("nan"), float("nan")).colors == OTHER_COLORS
+
+
+def test_map_display_follows_the_reports_map_style():
+    """Slicer and the job report show each kind of map the same way."""
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("matplotlib")
+    from aeseg.report.overview import map_style
+
+    rng = np.random.default_rng(0)
+    kind = {"gray": GREY_COLORS, "RdBu_r": DIVERGING_COLORS}
+    for name, values in [("absence", rng.normal(0, 0.2, (16, 16))), ("residual", rng.normal(0, 0.05, (16, 16))),
+                         ("aide_confidence", rng.uniform(0.1, 0.9, (16, 16))),
+                         ("discriminator", rng.uniform(1.0, 4.0, (16, 16)))]:
+        cmap, lo, hi = map_style(name, values)
+        shown = map_display(name, float(values.min()), float(values.max()))
+        if cmap in kind:
+            assert shown.colors == kind[cmap], name
+        elif (lo, hi) == (0.0, 1.0):
+            assert shown.colors == FRACTION_COLORS and (shown.window, shown.level) == (1.0, 0.5), name
+        else:
+            assert shown.colors == OTHER_COLORS and shown.window is None, name

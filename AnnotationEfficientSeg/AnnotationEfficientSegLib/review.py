@@ -248,6 +248,47 @@ def _order_key(r: ReviewRow):
     return (r.rank is None, r.rank if r.rank is not None else 0, score, r.case)
 
 
+# ---------------------------------------------------------------------------- map display
+
+# Slicer colour tables (node ids); the first one present in the scene is used.
+GREY_COLORS = ("vtkMRMLColorTableNodeGrey",)
+DIVERGING_COLORS = ("vtkMRMLColorTableNodeFileDivergingBlueRed.txt", "vtkMRMLColorTableNodeFileColdToHotRainbow.txt")
+FRACTION_COLORS = ("vtkMRMLColorTableNodeFileViridis.txt", "vtkMRMLColorTableNodeRainbow")
+OTHER_COLORS = ("vtkMRMLColorTableNodeFileColdToHotRainbow.txt", "vtkMRMLColorTableNodeRainbow")
+
+
+@dataclass
+class MapDisplay:
+    """How Slicer shows a per-pixel map over the image: colour tables to try in order, and
+    the window and level (``None``: Slicer's automatic window/level)."""
+
+    colors: tuple[str, ...]
+    window: float | None = None
+    level: float | None = None
+
+
+def map_display(name: str, low: float, high: float) -> MapDisplay:
+    """The display of map ``name`` whose values span ``low``…``high``; the same rules as the
+    job report's overview (``aeseg.report.overview.map_style``).
+
+    An absence image (``absence*``) is grey, so that the opacity slider fades between the
+    image and its healthy-looking translation; a signed map (the additive residual) is
+    diverging and centred on zero, red where the translation removed intensity and blue
+    where it added it; a map within 0…1 (confidence, weights, probability) is ``viridis``
+    over 0…1; anything else keeps Slicer's automatic window/level.
+    """
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return MapDisplay(OTHER_COLORS)
+    if name.lower().startswith("absence"):
+        return MapDisplay(GREY_COLORS)
+    if low < 0:
+        m = max(abs(low), abs(high))
+        return MapDisplay(DIVERGING_COLORS, window=2 * m if m > 0 else 1.0, level=0.0)
+    if 0 <= low and high <= 1:
+        return MapDisplay(FRACTION_COLORS, window=1.0, level=0.5)
+    return MapDisplay(OTHER_COLORS)
+
+
 # ---------------------------------------------------------------------------- case files
 
 
