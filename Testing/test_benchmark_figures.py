@@ -24,12 +24,15 @@ def _result(method="aide", ablations=None, ref="noisy_baseline") -> dict:
 
 
 def test_rows_run_from_the_baselines_through_the_method_and_ablations_to_the_oracle():
-    rows = figures.rows_of(_result(ablations={"one_network": {"mean": 0.65, "sd": 0.1, "n": 10},
-                                              "skipped": {"mean": None}}))
+    result = _result(ablations={"one_network": {"mean": 0.65, "sd": 0.1, "n": 10}, "skipped": {"mean": None}})
+    rows = figures.rows_of(result)
     assert [(r.name, r.kind) for r in rows] == [
         ("noisy baseline", "baseline"), ("supervised-only", "baseline"), ("aide", "method"),
         ("↳ one_network", "ablation"), ("oracle", "oracle")]
-    assert rows[2].seed_means == [0.68, 0.72] and rows[0].seed_means == []
+    assert rows[2].seed_means == [0.68, 0.72] and rows[0].seed_means == [] and rows[3].seed_means == []
+    # an ablation row's seeds come from ablation_runs (result files before session 15 have none)
+    result["ablation_runs"] = {"one_network": {"seed_means": [0.6, 0.7]}}
+    assert figures.rows_of(result)[3].seed_means == [0.6, 0.7]
 
 
 def test_targets_against_hand_computed_values():

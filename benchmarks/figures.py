@@ -47,17 +47,17 @@ class Row:
 
 def rows_of(result: dict) -> list[Row]:
     """The result's rows in drawing order (top to bottom): baselines, method, ablations, oracle."""
-    td, runs = result["test_dice"], result.get("runs") or {}
+    td, runs, abl_runs = result["test_dice"], result.get("runs") or {}, result.get("ablation_runs") or {}
 
-    def seeds(key: str) -> list[float]:
-        return list((runs.get(key) or {}).get("seed_means") or [])
+    def seeds(key: str, of: dict = runs) -> list[float]:
+        return list((of.get(key) or {}).get("seed_means") or [])
 
     out = [Row(_LABELS[k], "baseline", td[k]["mean"], td[k]["sd"], seeds(k)) for k in _BASELINE_ORDER if k in td]
     if "method" in td:
         out.append(Row(result["method"], "method", td["method"]["mean"], td["method"]["sd"], seeds("method")))
     for name, d in (result.get("ablations") or {}).items():
         if d and d.get("mean") is not None:
-            out.append(Row(f"↳ {name}", "ablation", d["mean"], d["sd"]))
+            out.append(Row(f"↳ {name}", "ablation", d["mean"], d["sd"], seeds(name, abl_runs)))
     if "oracle" in td:
         out.append(Row("oracle", "oracle", td["oracle"]["mean"], td["oracle"]["sd"], seeds("oracle")))
     return out

@@ -547,7 +547,8 @@ def run_benchmark(method: str, task: str, profile: str = "quick", setting: str |
         runs["method"] = b.run("method", method, plan.overrides, cohort=train_cohort)
     else:
         runs["method"] = runs["clean_only"]
-    abl = {row[0].removeprefix("ablation_"): b.run(*row).test_dice for row in ablation_rows}
+    abl_runs = {row[0].removeprefix("ablation_"): b.run(*row) for row in ablation_rows}
+    abl = {k: r.test_dice for k, r in abl_runs.items()}
     ref = runs.get(plan.gap_reference)
     result: dict[str, Any] = {
         "method": method, "task": task, "setting": setting, "noise": noise, "profile": profile, "seed": seed,
@@ -563,6 +564,7 @@ def run_benchmark(method: str, task: str, profile: str = "quick", setting: str |
         "sets": dict(sets or {}),  # run.py --set: settings beyond the plan's (in overrides too)
         "method_config": json.loads((runs["method"].job / "job.json").read_text())["config"]["method"],
         "runs": {k: r.to_dict() for k, r in runs.items()},
+        "ablation_runs": {k: r.to_dict() for k, r in abl_runs.items()},  # per seed, as ``runs``
     }
     print("  timing steps ...", flush=True)
     result["step_time"] = b.step_ratio(plan.overrides, cohort=train_cohort)
