@@ -72,14 +72,16 @@ def map_style(name: str, values: np.ndarray) -> tuple[str, float, float]:
     between its 1st and 99th percentiles, like the image; a signed map (the additive
     residual) is diverging and centred on zero, so that added and removed intensity read
     as red and blue, over its largest magnitude (the residual's noise floor stays pale and
-    what the translation removed stands out); any other map (confidence, weights, probability) is ``viridis``
-    over 0–1 when it lies there, else over its 1st–99th percentiles.
+    what the translation removed stands out); any other map (confidence, weights,
+    probability) is ``viridis`` over 0–1 when it lies there, else over its 1st–99th
+    percentiles. ``AnnotationEfficientSegLib.review.map_display`` applies the same rules
+    in Slicer.
     """
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if v.size == 0:
         return "viridis", 0.0, 1.0
-    if name.startswith("absence"):
+    if name.lower().startswith("absence"):
         lo, hi = (float(x) for x in np.percentile(v, [1, 99]))
         return "gray", lo, hi if hi > lo else lo + 1.0
     if v.min() < 0:
@@ -119,7 +121,7 @@ def _draw_case(ax, case: OverviewCase, colours: dict[str, tuple[float, float, fl
 
 
 def _draw_map(ax, case: OverviewCase, name: str, colours: dict[str, tuple[float, float, float]]) -> None:
-    """One map panel: the map in its colour scale with a colour bar, the masks' contours thin."""
+    """One map panel: the map in its colour scale with a colour bar, the masks' contours edged in black."""
     h, w = np.shape(case.image_2d)[:2]
     values = np.asarray(case.maps[name], dtype=np.float64)
     if values.shape != (h, w):
@@ -177,6 +179,7 @@ def plot_overview(cases: list[OverviewCase], path: str | os.PathLike, title: str
         handles = [Line2D([0], [0], color=colours[nm], linewidth=2) for nm in names]
         fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5), frameon=False, fontsize=9)
     height = fig.get_figheight()
-    fig.subplots_adjust(left=0.02, right=0.94 if n_maps else 0.98, bottom=legend_in / height, top=1.0 - (title_in + 0.4) / height,
+    fig.subplots_adjust(left=0.02, right=0.94 if n_maps else 0.98,  # room for the colour bars' labels
+                        bottom=legend_in / height, top=1.0 - (title_in + 0.4) / height,
                         wspace=0.3 if n_maps else 0.05, hspace=0.5 / (row_inches - 0.5))
     return save_png(fig, path)
