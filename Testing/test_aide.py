@@ -75,6 +75,29 @@ def test_rotation_zoom_views_invert_within_interpolation_error():
     assert f[0, 0, 0, 0] == pytest.approx(-1.0) and f[0, 0, 8, 8] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_training_rotations_move_image_and_labels_together():
+    from aeseg.methods.common import random_rotations
+
+    g = torch.Generator().manual_seed(3)
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    lab = ((xx - 20) ** 2 / 40 + (yy - 12) ** 2 / 12 < 1).long()[None, None].repeat(4, 1, 1, 1)
+    img = lab.float() * 2 - 1  # the image is its label, in [-1, 1]
+    state = g.get_state()
+    same_img, same = random_rotations(img, [lab, lab], 0.0, g)
+    assert same_img is img and same[0] is lab and torch.equal(g.get_state(), state)  # 0°: nothing drawn
+    ri, (r1, r2) = random_rotations(img, [lab, lab.clone()], 60.0, g)
+    assert r1.dtype == torch.long and torch.equal(r1, r2)  # label sets rotate alike
+    assert not torch.equal(r1, lab)  # they did rotate
+    agree = ((ri > 0).long() == r1).float().mean(dim=(1, 2, 3))
+    assert (agree > 0.98).all()  # image and label stay aligned (bilinear vs nearest at the edge)
+    assert torch.allclose(ri[:, 0, 0, 0], torch.full((4,), -1.0)) and (r1[:, 0, 0, 0] == 0).all()  # outside: fill
+    # the same seed gives the same rotations
+    g2 = torch.Generator().manual_seed(3)
+    random_rotations(img, [lab], 0.0, g2)
+    ri2, (r12,) = random_rotations(img, [lab], 60.0, g2)
+    assert torch.equal(ri2, ri) and torch.equal(r12, r1)
+
+
 # ----------------------------------------------------------------------------- schedule
 
 
@@ -213,6 +236,25 @@ def test_train_view_counts_the_training_prediction_as_one_view(phantom):
     a, b = _method(data, seed=0, train_view=True), _method(data, seed=0)
     la, lb = _epoch(a, 3)[0], _epoch(b, 3)[0]
     assert "cons1" in la and la["cons1"] != lb["cons1"]
+
+
+def test_bfloat16_views_stay_close_to_float32_views(phantom):
+    from aeseg.engine.device import native_bfloat16
+
+    _, data, _ = phantom
+    x = data.train.images[:4]
+    m32, m16 = _method(data, seed=0), _method(data, seed=0, view_precision="bfloat16")
+    m16.nets[0].load_state_dict(m32.nets[0].state_dict())
+    state = m32.g.get_state()
+    p32, _ = m32.local_pseudo_labels(m32.nets[0], x)
+    m16.g.set_state(state)  # the same K views
+    p16, w16 = m16.local_pseudo_labels(m16.nets[0], x)
+    assert p16.dtype == torch.float32 and w16.dtype == torch.float32
+    diff = (p16 - p32).abs().max().item()
+    assert 0 < diff < 0.05  # computed in bfloat16 (not bit-identical), close to float32
+    assert _method(data, view_precision="float32")._view_dtype is None
+    auto = _method(data, view_precision="auto")._view_dtype
+    assert auto == (torch.bfloat16 if native_bfloat16(torch.device("cpu")) else None)
 
 
 @pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")

@@ -174,6 +174,15 @@ def test_epochs_go_to_every_row():
     assert plan.baseline_overrides["data.size"] == 48 and plan.ablations[0].overrides["x"] == 1
 
 
+def test_set_all_goes_to_every_row_baselines_included():
+    plan = harness.Plan(overrides={"views": 2}, baseline_overrides={"data.size": 48},
+                        ablations=[harness.Variant("a", {"x": 1}), harness.Variant("b", {}, method="mean_teacher")])
+    harness.apply_sets_all(plan, {"train_rotation": 60})
+    rows = [plan.overrides, plan.baseline_overrides] + [v.overrides for v in plan.ablations]
+    assert [r["train_rotation"] for r in rows] == [60] * 4
+    assert plan.overrides["views"] == 2 and plan.baseline_overrides["data.size"] == 48
+
+
 def test_supervised_reference_step_is_timed_where_there_are_labels(tmp_path):
     """A task without training labels (ellipse_us) times the supervised reference on the
     oracle cohort: on its own cohort every supervised batch is empty and the step returns

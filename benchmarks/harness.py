@@ -405,6 +405,7 @@ class Bench:
     def step_ratio(self, overrides: dict[str, Any], cohort: Path | None = None) -> dict[str, float]:
         # same batch: the supervised step gets the method's image size and batch size
         same = {k: v for k, v in overrides.items() if k.startswith(("data.", "engine."))}
+        same.update(self.plan.baseline_overrides)  # and what the baselines share (run.py --set-all)
         ref = self.reference_cohort(cohort)
         t_sup = self.step_times("supervised", {"labels": "all", **same}, cohort=ref)
         t_m = self.step_times(self.method, overrides, phase_index=self.plan.timing_phase, cohort=cohort)
@@ -493,6 +494,15 @@ def apply_sets(plan: Plan, method: str, sets: dict[str, Any]) -> None:
             v.overrides.update(sets)
 
 
+def apply_sets_all(plan: Plan, sets: dict[str, Any]) -> None:
+    """``run.py --set-all``: settings for every row, baselines included (e.g. a training
+    augmentation that the comparison must share)."""
+    plan.overrides.update(sets)
+    for v in plan.ablations:
+        v.overrides.update(sets)
+    plan.baseline_overrides.update(sets)
+
+
 def apply_epochs(plan: Plan, epochs: int) -> None:
     """``run.py --epochs``: every row — the method, its ablations (whatever their method)
     and the baselines — trains ``epochs`` epochs, so that a longer run stays a fair one."""
@@ -506,10 +516,11 @@ def run_benchmark(method: str, task: str, profile: str = "quick", setting: str |
                   noise: str | float | None = None, seed: int = 0, ablations: bool | tuple[str, ...] = True,
                   out_dir: Path | None = None, reuse: bool = False, train_seeds: tuple[int, ...] | None = None,
                   jobs: int = 1, sets: dict[str, Any] | None = None, epochs: int | None = None,
-                  workdir: Path | None = None) -> dict[str, Any]:
+                  workdir: Path | None = None, sets_all: dict[str, Any] | None = None) -> dict[str, Any]:
     t0 = time.time()
     b = Bench(method, task, profile, setting, noise, seed, workdir=workdir, reuse=reuse, train_seeds=train_seeds, jobs=jobs)
     apply_sets(b.plan, method, sets or {})
+    apply_sets_all(b.plan, sets_all or {})
     if epochs:
         apply_epochs(b.plan, epochs)
     print(f"[{method} on {task} {setting or ''} {noise or ''} profile={profile}] building the phantom cohort", flush=True)
@@ -562,6 +573,7 @@ def run_benchmark(method: str, task: str, profile: str = "quick", setting: str |
         "ablations": abl,
         "overrides": dict(plan.overrides),  # the method's settings on top of the profile
         "sets": dict(sets or {}),  # run.py --set: settings beyond the plan's (in overrides too)
+        "sets_all": dict(sets_all or {}),  # run.py --set-all: on every row, baselines included
         "method_config": json.loads((runs["method"].job / "job.json").read_text())["config"]["method"],
         "runs": {k: r.to_dict() for k, r in runs.items()},
         "ablation_runs": {k: r.to_dict() for k, r in abl_runs.items()},  # per seed, as ``runs``
@@ -585,7 +597,7 @@ def run_benchmark(method: str, task: str, profile: str = "quick", setting: str |
         parts.append(f"{epochs}epochs")
     if len(b.train_seeds) > 1:
         parts.append(f"{len(b.train_seeds)}seeds")
-    parts += [f"{k}{v}".replace(".", "p").lower() for k, v in sorted((sets or {}).items())]
+    parts += [f"{k}{v}".replace(".", "p").lower() for k, v in sorted({**(sets_all or {}), **(sets or {})}.items())]
     path = out_dir / ("_".join(parts) + ".json")
     path.write_text(json.dumps(result, indent=2, default=_json) + "\n")
     print(summary_line(result))

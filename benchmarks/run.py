@@ -57,6 +57,9 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an extra method setting on top of the plan's, for the method and its ablation rows "
                          "(repeatable; e.g. --set history_pool=50); recorded in the results' overrides")
+    ap.add_argument("--set-all", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting for every row, baselines included (repeatable; e.g. --set-all train_rotation=60, "
+                         "an augmentation the comparison must share); recorded in the results' sets_all")
     ap.add_argument("--epochs", type=int, default=0,
                     help="train every row (method, ablations, baselines) this many epochs instead of the plan's")
     a = ap.parse_args(argv)
@@ -65,6 +68,7 @@ def main(argv=None) -> int:
 
     try:
         sets = {k: _value(v) for k, v in parse_sets(a.set).items()}
+        sets_all = {k: _value(v) for k, v in parse_sets(a.set_all).items()}
     except ConfigError as e:  # a KEY=VALUE without "=" is a usage error
         ap.error(str(e))
     if a.threads:
@@ -76,7 +80,8 @@ def main(argv=None) -> int:
         ap.error("--ablation and --no-ablations exclude each other")
     ablations = tuple(a.ablation) if a.ablation else not a.no_ablations
     run_benchmark(a.method, a.task, a.profile, a.setting, a.noise, a.seed, ablations, a.out, a.reuse,
-                  tuple(range(a.seed, a.seed + a.train_seeds)), a.jobs, sets, a.epochs or None, a.workdir)
+                  tuple(range(a.seed, a.seed + a.train_seeds)), a.jobs, sets, a.epochs or None, a.workdir,
+                  sets_all)
     return 0
 
 

@@ -58,7 +58,13 @@ Deviations, all documented and switchable where they matter:
   (unaugmented) suspected-noisy images counts as one of the K views, so only K − 1 views
   are predicted: one forward pass fewer per network and step;
 - ``correct_warmup`` (−1 = as published): a correction warm-up of its own, so that
-  corrections can be spaced out while the consistency ramp is long.
+  corrections can be spaced out while the consistency ramp is long;
+- ``train_rotation`` (0 = the project's flips only): random rotations U(±deg) of the
+  training batch, image and label sets alike; the code trains with 60° rotations and
+  left-right flips;
+- ``view_precision`` (float32 = as published): the K views' forward passes in bfloat16
+  (``auto``: where the device computes bfloat16 natively), about a third cheaper on CPUs
+  with AMX; the averaged probabilities stay within about 0.005 of float32.
 
 Cost: besides the two networks' training passes, each network predicts K views of the
 suspected-noisy half of the batch (one batched evaluation-mode forward pass), about a
@@ -103,9 +109,11 @@ from scipy import ndimage
 from ..data.dataset import KIND_CODES, CaseRecord, SliceSet
 from ..data.slicing import from_slices
 from ..data.transforms import resize_probabilities
+from ..engine.device import native_bfloat16
 from ..nets import NetConfig, make_unet
 from .augment import apply, invert, sample_affine
 from .base import CaseQuality, CohortSummary, EpochReport, Method, QualityResult, StepInfo
+from .common import random_rotations
 from .registry import register
 
 CLEAN, NOISY = KIND_CODES["clean"], KIND_CODES["noisy"]
@@ -118,6 +126,7 @@ class AideConfig(NetConfig):
     lr_step: int = field(default=30, metadata={"help": "StepLR: halve the learning rate every N epochs (0: never)", "min": 0})
     lr_gamma: float = field(default=0.5, metadata={"help": "StepLR factor", "min": 0.0, "max": 1.0})
     augment: bool = field(default=True, metadata={"help": "random flips of each training batch (image and label sets alike)"})
+    train_rotation: float = field(default=0.0, metadata={"help": "random in-plane rotation of each training sample, U(± degrees), label sets alike (the code trains with 60; 0: none)", "min": 0.0, "max": 180.0})
     two_networks: bool = field(default=True, metadata={"help": "two networks that select, pseudo-label and correct for each other (off: one network does it for itself)"})
     local_filtering: bool = field(default=True, metadata={"help": "per-batch small-loss exchange + consistency to augmented-view pseudo labels"})
     global_correction: bool = field(default=True, metadata={"help": "overwrite the worst-agreeing noisy labels with the peer's prediction on the schedule"})
@@ -125,6 +134,7 @@ class AideConfig(NetConfig):
     trust_clean: bool = field(default=True, metadata={"help": "expert-labelled slices always count as clean in the exchange"})
     views: int = field(default=4, metadata={"help": "K augmented views per suspected-noisy image (code: 4; each view costs each network a forward pass of half a batch)", "min": 1, "max": 16})
     train_view: bool = field(default=False, metadata={"help": "count the training pass's own (unaugmented, training-mode) prediction as one of the K views: one forward pass fewer per network and step"})
+    view_precision: Literal["auto", "float32", "bfloat16"] = field(default="float32", metadata={"help": "precision of the K view predictions (no gradient): bfloat16 autocast, or auto = bfloat16 where the device computes it natively (AMX / AVX512-BF16 CPUs, CUDA), else float32"})
     rotation: float = field(default=60.0, metadata={"help": "view rotation range ± degrees", "min": 0.0, "max": 180.0})
     flip_p: float = field(default=0.5, metadata={"help": "view horizontal flip probability", "min": 0.0, "max": 1.0})
     temperature: float = field(default=1.0, metadata={"help": "sharpening temperature T (p^(1/T)); 1 = none (code), paper mentions 0.5", "min": 0.01, "max": 10.0})
@@ -221,6 +231,8 @@ class Aide(Method):
         self.dice_loss = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, smooth_nr=1.0, smooth_dr=1.0,
                                   reduction="none")
         self.g = ctx.generator(3)
+        bf16 = c.view_precision == "bfloat16" or (c.view_precision == "auto" and native_bfloat16(ctx.device))
+        self._view_dtype = torch.bfloat16 if bf16 else None
         train: SliceSet = ctx.data.train
         # label set k: what network k trains on, rewritten by its peer (uint8 copies on the CPU)
         self.label_sets = [train.labels.to(torch.uint8).clone() for _ in range(n_nets)]
@@ -252,6 +264,13 @@ class Aide(Method):
         for k in range(len(self.label_sets)):
             self.label_sets[k] = state[f"labels{k + 1}"].clone()
         self._final = None
+
+    def _view_autocast(self):
+        """The K views' forward pass: bfloat16 autocast when ``view_precision`` asks for it,
+        else the engine's (mixed precision on CUDA when enabled)."""
+        if self._view_dtype is None:
+            return self.ctx.autocast()
+        return torch.autocast(self.ctx.device.type, dtype=self._view_dtype)
 
     def _peer(self, k: int) -> int:
         return (k + 1) % len(self.nets)
@@ -289,7 +308,7 @@ class Aide(Method):
             net = getattr(net, "module", net)  # no DDP synchronisation for a no-grad prediction
             was = net.training
             net.eval()
-            with self.ctx.autocast():
+            with self._view_autocast():
                 prob = torch.softmax(net(apply(xs, p, fill=-1.0)).float(), 1)
             net.train(was)
             back = invert(torch.cat([prob, torch.ones_like(prob[:, :1])], 1), p)
@@ -310,6 +329,7 @@ class Aide(Method):
             p = sample_affine(x.shape[0], 0.0, flip_p=0.5, vflip_p=0.5, generator=self.g, device=dev)
             x = apply(x, p)
             ys = [apply(y, p) for y in ys]
+        x, ys = random_rotations(x, ys, c.train_rotation, self.g)
         r = consistency_ramp(info.epoch, c.warmup)
         for n in self.nets:
             n.train()

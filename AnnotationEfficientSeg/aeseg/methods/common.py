@@ -27,6 +27,21 @@ def random_flips(image: torch.Tensor, label: torch.Tensor | None, g: torch.Gener
     return image, label
 
 
+def random_rotations(image: torch.Tensor, labels: list[torch.Tensor], degrees: float,
+                     g: torch.Generator) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Rotate each sample about the image centre by U(±``degrees``)° (one batched
+    ``grid_sample``, :mod:`.augment`): the image bilinearly, filled with −1 (the darkest value
+    of the [−1, 1] intensity range) where it leaves the field of view, the integer label
+    maps by nearest neighbour (background outside). ``degrees`` 0 returns the inputs and
+    draws no random numbers."""
+    if degrees <= 0:
+        return image, labels
+    from .augment import apply, sample_affine
+
+    p = sample_affine(image.shape[0], degrees, generator=g, device=image.device)
+    return apply(image, p, fill=-1.0), [apply(y, p, mode="nearest") for y in labels]
+
+
 def sigmoid_rampup(current: float, length: float) -> float:
     """Laine & Aila's ramp-up exp(-5 (1 - t)^2), t = current / length clipped to [0, 1]."""
     if length <= 0:

@@ -14,7 +14,7 @@ import torch
 
 from ..nets import NetConfig, make_unet
 from .base import CohortSummary, Method, StepInfo
-from .common import random_flips, seg_loss
+from .common import random_flips, random_rotations, seg_loss
 from .registry import register
 
 
@@ -24,6 +24,7 @@ class SupervisedConfig(NetConfig):
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate", "min": 0.0})
     weight_decay: float = field(default=1e-5, metadata={"help": "Adam weight decay", "min": 0.0})
     augment: bool = field(default=True, metadata={"help": "random flips"})
+    train_rotation: float = field(default=0.0, metadata={"help": "random in-plane rotation of each training sample, U(± degrees) (0: none)", "min": 0.0, "max": 180.0})
     standardize: bool = field(default=False, metadata={"help": "first give unlabelled cases pseudo labels from a model trained on the clean ones (task standardization)"})
 
 
@@ -63,6 +64,7 @@ class Supervised(Method):
         x, y = batch["image"], batch["label"]
         if self.config.augment:
             x, y = random_flips(x, y, self.g)
+        x, (y,) = random_rotations(x, [y], self.config.train_rotation, self.g)
         self.net.train()
         with self.ctx.autocast():
             loss = self.loss(self.net(x), y)
