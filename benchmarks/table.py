@@ -52,8 +52,12 @@ def setting_text(r: dict) -> str:
             s += f" ({r['epochs']} epochs at {r['image_size']} px)"
     if len(r.get("train_seeds") or []) > 1:
         s += f" ({len(r['train_seeds'])} seeds)"
-    for k, v in (r.get("sets") or {}).items():  # run.py --set
+    if r.get("seed"):  # run.py --seed: another phantom
+        s += f", phantom seed {r['seed']}"
+    for k, v in {**(r.get("sets_all") or {}), **(r.get("sets") or {})}.items():  # run.py --set-all, --set
         s += f", {k}={json.dumps(v)}"
+    if r.get("note"):  # set by hand, e.g. for a run of an earlier plan
+        s += f", {r['note']}"
     if r.get("host_note"):  # set by hand when a file comes from another host than the table's others
         s += f", {r['host_note']}"
     return s

@@ -34,18 +34,6 @@ def pick_device(requested: str = "auto", local_rank: int | None = None) -> torch
     raise ConfigError(f"unknown device '{requested}'; use auto, cpu or cuda[:N]")
 
 
-def native_bfloat16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 convolutions natively: a CUDA GPU that supports
-    it, or a CPU with AMX tiles or AVX512-BF16 (oneDNN would emulate bfloat16 on other CPUs,
-    which is slower than float32)."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    if device.type != "cpu":
-        return False
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu, private but stable since 2.1
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -47,7 +47,8 @@ Deviations, all documented and switchable where they matter:
   over the training slices (torch ``update_bn``) before the correction predicts: with a
   few optimiser steps per epoch the running averages lag and evaluation-mode
   predictions collapse at random epochs (empty masks), which a correction would copy
-  into the labels. Not in the paper (its epochs are ~10× longer); off = as published;
+  into the labels. Not in the paper (its epochs are ~10× longer); off = as published, and
+  the benchmark plan runs it off (better on two phantoms with ``train_view``);
 - ``augment`` adds the project's random flips of the training batch (image and both
   label sets alike), as the supervised baseline does; the code trains unaugmented;
 - ``trust_clean``: expert-labelled slices always count as clean in the exchange (the
@@ -61,10 +62,7 @@ Deviations, all documented and switchable where they matter:
   corrections can be spaced out while the consistency ramp is long;
 - ``train_rotation`` (0 = the project's flips only): random rotations U(±deg) of the
   training batch, image and label sets alike; the code trains with 60° rotations and
-  left-right flips;
-- ``view_precision`` (float32 = as published): the K views' forward passes in bfloat16
-  (``auto``: where the device computes bfloat16 natively), about a third cheaper on CPUs
-  with AMX; the averaged probabilities stay within about 0.005 of float32.
+  left-right flips.
 
 Cost: besides the two networks' training passes, each network predicts K views of the
 suspected-noisy half of the batch (one batched evaluation-mode forward pass), about a
@@ -109,7 +107,6 @@ from scipy import ndimage
 from ..data.dataset import KIND_CODES, CaseRecord, SliceSet
 from ..data.slicing import from_slices
 from ..data.transforms import resize_probabilities
-from ..engine.device import native_bfloat16
 from ..nets import NetConfig, make_unet
 from .augment import apply, invert, sample_affine
 from .base import CaseQuality, CohortSummary, EpochReport, Method, QualityResult, StepInfo
@@ -134,7 +131,6 @@ class AideConfig(NetConfig):
     trust_clean: bool = field(default=True, metadata={"help": "expert-labelled slices always count as clean in the exchange"})
     views: int = field(default=4, metadata={"help": "K augmented views per suspected-noisy image (code: 4; each view costs each network a forward pass of half a batch)", "min": 1, "max": 16})
     train_view: bool = field(default=False, metadata={"help": "count the training pass's own (unaugmented, training-mode) prediction as one of the K views: one forward pass fewer per network and step"})
-    view_precision: Literal["auto", "float32", "bfloat16"] = field(default="float32", metadata={"help": "precision of the K view predictions (no gradient): bfloat16 autocast, or auto = bfloat16 where the device computes it natively (AMX / AVX512-BF16 CPUs, CUDA), else float32"})
     rotation: float = field(default=60.0, metadata={"help": "view rotation range ± degrees", "min": 0.0, "max": 180.0})
     flip_p: float = field(default=0.5, metadata={"help": "view horizontal flip probability", "min": 0.0, "max": 1.0})
     temperature: float = field(default=1.0, metadata={"help": "sharpening temperature T (p^(1/T)); 1 = none (code), paper mentions 0.5", "min": 0.01, "max": 10.0})
@@ -231,8 +227,6 @@ class Aide(Method):
         self.dice_loss = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, smooth_nr=1.0, smooth_dr=1.0,
                                   reduction="none")
         self.g = ctx.generator(3)
-        bf16 = c.view_precision == "bfloat16" or (c.view_precision == "auto" and native_bfloat16(ctx.device))
-        self._view_dtype = torch.bfloat16 if bf16 else None
         train: SliceSet = ctx.data.train
         # label set k: what network k trains on, rewritten by its peer (uint8 copies on the CPU)
         self.label_sets = [train.labels.to(torch.uint8).clone() for _ in range(n_nets)]
@@ -264,13 +258,6 @@ class Aide(Method):
         for k in range(len(self.label_sets)):
             self.label_sets[k] = state[f"labels{k + 1}"].clone()
         self._final = None
-
-    def _view_autocast(self):
-        """The K views' forward pass: bfloat16 autocast when ``view_precision`` asks for it,
-        else the engine's (mixed precision on CUDA when enabled)."""
-        if self._view_dtype is None:
-            return self.ctx.autocast()
-        return torch.autocast(self.ctx.device.type, dtype=self._view_dtype)
 
     def _peer(self, k: int) -> int:
         return (k + 1) % len(self.nets)
@@ -308,7 +295,7 @@ class Aide(Method):
             net = getattr(net, "module", net)  # no DDP synchronisation for a no-grad prediction
             was = net.training
             net.eval()
-            with self._view_autocast():
+            with self.ctx.autocast():
                 prob = torch.softmax(net(apply(xs, p, fill=-1.0)).float(), 1)
             net.train(was)
             back = invert(torch.cat([prob, torch.ones_like(prob[:, :1])], 1), p)

@@ -88,7 +88,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
-from monai.networks.layers import GaussianFilter
 from torch import nn
 
 from ..cohort.reading import read_label
@@ -240,7 +239,6 @@ class ShapePriorGanConfig(NetConfig):
     lambda_cycle: float = field(default=10.0, metadata={"help": "weight of the cycle L1 losses", "min": 0.0})
     lambda_adv: float = field(default=1.0, metadata={"help": "weight of the PatchGAN adversarial losses", "min": 0.0})
     lambda_vae: float = field(default=1.0, metadata={"help": "weight of the latent (VAE) adversarial loss", "min": 0.0})
-    cycle_blur: float = field(default=0.0, metadata={"help": "σ in pixels of a Gaussian low-pass on the image and its reconstruction before the image-cycle L1, so that the cycle asks for the image's structure and not its speckle, which no mask can carry (0: plain L1, as the paper)", "min": 0.0, "max": 10.0})
     # DGCC
     turns: int = field(default=2, metadata={"help": "DGCC turns T (the output at turn T is the pseudo label)", "min": 1, "max": 5})
     dgcc_scales: Literal["all", "low", "high"] = field(default="all", metadata={"help": "decoder scales calibrated: all four, the bottleneck only (DGCC(l)) or the last (DGCC(h))"})
@@ -358,7 +356,6 @@ class ShapePriorGan(Method):
             self.ema = {k: AveragedModel(self._raw(m), multi_avg_fn=get_ema_multi_avg_fn(c.gan_ema), use_buffers=True)
                         for k, m in self._stage1_nets().items()}
         self.pool_a, self.pool_b = HistoryPool(c.history_pool), HistoryPool(c.history_pool)  # fakes for D_A, D_B
-        self.cycle_lowpass = GaussianFilter(2, c.cycle_blur).to(ctx.device) if c.cycle_blur > 0 else nn.Identity()
         self._vae_frozen = False
         self._aux: torch.Tensor | None = None  # (M, 1, S, S) float {0, 1}; built on first use (not needed to predict)
         # stage-2 state (checkpointed in extra_state)
@@ -745,7 +742,7 @@ class ShapePriorGan(Method):
             fake_x = self.G_B(real_s)
             rec_s = self._to_mask(self._generate(fake_x))
             l_adv = lsgan_g_loss(self.D_B(fake_s)) + lsgan_g_loss(self.D_A(fake_x))
-            l_cyc = F.l1_loss(self.cycle_lowpass(rec_x), self.cycle_lowpass(x)) + F.l1_loss(rec_s, real_s)
+            l_cyc = F.l1_loss(rec_x, x) + F.l1_loss(rec_s, real_s)
             loss_g = c.lambda_adv * l_adv + c.lambda_cycle * l_cyc
             if self.D_V is not None:
                 z_f = self.vae(p)
