@@ -9,6 +9,8 @@ import torch
 from monai.losses import DiceCELoss
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from .augment import apply, sample_affine
+
 
 def seg_loss() -> DiceCELoss:
     """Soft Dice + cross-entropy on softmax outputs against integer labels (MONAI)."""
@@ -36,8 +38,6 @@ def random_rotations(image: torch.Tensor, labels: list[torch.Tensor], degrees: f
     draws no random numbers."""
     if degrees <= 0:
         return image, labels
-    from .augment import apply, sample_affine
-
     p = sample_affine(image.shape[0], degrees, generator=g, device=image.device)
     return apply(image, p, fill=-1.0), [apply(y, p, mode="nearest") for y in labels]
 
