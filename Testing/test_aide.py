@@ -238,6 +238,29 @@ def test_train_view_counts_the_training_prediction_as_one_view(phantom):
     assert "cons1" in la and la["cons1"] != lb["cons1"]
 
 
+def test_view_mode_sets_the_batchnorm_mode_of_the_views(phantom):
+    _, data, _ = phantom
+    x = data.train.images[:4]
+    modes = []
+    for mode in ("eval", "train"):
+        m = _method(data, views=2, view_mode=mode)
+        net = m.nets[0]
+        bn = [b for b in net.modules() if isinstance(b, torch.nn.modules.batchnorm._BatchNorm)]
+        assert bn
+        before = [b.running_mean.clone() for b in bn]
+        seen = []
+        h = bn[0].register_forward_pre_hook(lambda mod, _: seen.append(mod.training))
+        prob, _ = m.local_pseudo_labels(net, x)
+        h.remove()
+        assert net.training  # the network's own mode is given back
+        changed = any(not torch.equal(b0, b.running_mean) for b0, b in zip(before, bn))
+        modes.append((seen, changed))
+        assert torch.allclose(prob.sum(1), torch.ones(4, *x.shape[-2:]), atol=1e-5)
+    # eval: running statistics, left as they were; train (the code's way): the views' own
+    # batch statistics, which also move the running averages as a training pass does
+    assert modes[0] == ([False], False) and modes[1] == ([True], True)
+
+
 @pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
 def test_correction_events_follow_the_schedule(phantom):
     _, data, _ = phantom

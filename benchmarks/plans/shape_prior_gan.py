@@ -140,6 +140,14 @@ The full profile (``--profile full --no-ablations``, session 12), stopped after 
 CycleGAN epochs at 70 s each (2731 s; the VAE's 20 epochs 27 s): G_A's validation Dice
 0.10–0.24 in the first 11 epochs, a peak of 0.308 at epoch 21, and 0.00–0.08 in each of the
 last 12 epochs. Without restarts and with the wider networks it does not find the head.
+
+Session 17. G_A's masks carry faint copies of the image's speckle, from which G_B rebuilds
+the image in the image cycle. An image-cycle L1 on Gaussian-smoothed images (MONAI
+``GaussianFilter`` on x and its reconstruction) no longer asks G_B to rebuild the speckle, so
+G_A need not hide it. Stage 1 alone, seeds 0–3, training pseudo-label Dice (the plan, seeds
+0 and 1 rerun this session to the same values: 0.652 / 0.557 / 0.627 / 0.610, mean 0.612):
+σ 1.5 px 0.540 / 0.518 / 0.529 / 0.500 (0.522); σ 0.75 px 0.631 / 0.600 / 0.610 / 0.575
+(0.604). Not kept.
 """
 
 from __future__ import annotations

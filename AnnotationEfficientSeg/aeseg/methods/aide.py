@@ -37,8 +37,9 @@ Deviations, all documented and switchable where they matter:
 
 - the K views are averaged with coverage weights (pixels a rotated view did not see do
   not count), instead of averaging zero-padded logits; views are predicted in
-  evaluation mode (BatchNorm running statistics, no gradient): cheaper on CPU, and a
-  prediction rather than a training pass (the code runs them in training mode);
+  evaluation mode (BatchNorm running statistics, no gradient): a prediction rather than a
+  training pass; ``view_mode=train`` runs them as the code does, with the view batch's own
+  BatchNorm statistics (which also move the running averages);
 - sharpening is p^(1/T) as in the paper (the code raises to the power T; default T = 1
   makes both the identity);
 - the default learning rate is the project's (1e-3) for the engine's shorter budget
@@ -131,6 +132,7 @@ class AideConfig(NetConfig):
     trust_clean: bool = field(default=True, metadata={"help": "expert-labelled slices always count as clean in the exchange"})
     views: int = field(default=4, metadata={"help": "K augmented views per suspected-noisy image (code: 4; each view costs each network a forward pass of half a batch)", "min": 1, "max": 16})
     train_view: bool = field(default=False, metadata={"help": "count the training pass's own (unaugmented, training-mode) prediction as one of the K views: one forward pass fewer per network and step"})
+    view_mode: Literal["eval", "train"] = field(default="eval", metadata={"help": "BatchNorm mode of the view predictions: running statistics (eval) or the view batch's own statistics, as the code runs them (train)"})
     rotation: float = field(default=60.0, metadata={"help": "view rotation range ± degrees", "min": 0.0, "max": 180.0})
     flip_p: float = field(default=0.5, metadata={"help": "view horizontal flip probability", "min": 0.0, "max": 1.0})
     temperature: float = field(default=1.0, metadata={"help": "sharpening temperature T (p^(1/T)); 1 = none (code), paper mentions 0.5", "min": 0.01, "max": 10.0})
@@ -294,7 +296,7 @@ class Aide(Method):
             p = sample_affine(k * m, c.rotation, flip_p=c.flip_p, generator=self.g, device=x.device)
             net = getattr(net, "module", net)  # no DDP synchronisation for a no-grad prediction
             was = net.training
-            net.eval()
+            net.train(c.view_mode == "train")
             with self.ctx.autocast():
                 prob = torch.softmax(net(apply(xs, p, fill=-1.0)).float(), 1)
             net.train(was)
