@@ -143,6 +143,20 @@ def test_map_display_per_kind_of_map():
     assert map_display("probability", float("nan"), float("nan")).colors == OTHER_COLORS
 
 
+def test_map_kinds_rules_load_without_the_core_requirements():
+    """The one rule set both displays use, importable where numpy is not (Slicer's side)."""
+    import subprocess
+
+    code = ("import sys; sys.modules['numpy'] = None; sys.modules['torch'] = None\n"
+            "from aeseg.quality.map_kinds import map_kind\n"
+            "print([map_kind(*a) for a in [('Absence_image', 5.0, 9.0), ('residual', -0.1, 0.3), "
+            "('weights', 0.0, 1.0), ('discriminator', 0.5, 7.0), ('absence', float('nan'), 1.0), "
+            "('probability', float('nan'), float('nan')), ('flat', -0.0, 0.0)]])")
+    core = Path(__file__).resolve().parents[1] / "AnnotationEfficientSeg"
+    out = subprocess.run([sys.executable, "-c", code], cwd=core, capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[0] == str(["grey", "diverging", "fraction", "other", "grey", "other", "fraction"])
+
+
 def test_map_display_follows_the_reports_map_style():
     """Slicer and the job report show each kind of map the same way."""
     np = pytest.importorskip("numpy")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from aeseg.io.atomic import plain_mode  # stdlib only: no core requirement needed
+from aeseg.quality.map_kinds import map_kind  # stdlib only as well
 
 QUALITY_FILE = "quality.csv"
 REVIEW_FILE = "review.json"
@@ -268,23 +269,22 @@ class MapDisplay:
 
 
 def map_display(name: str, low: float, high: float) -> MapDisplay:
-    """The display of map ``name`` whose values span ``low``…``high``; the same rules as the
-    job report's overview (``aeseg.report.overview.map_style``).
+    """The display of map ``name`` whose values span ``low``…``high``, by the map's kind
+    (``aeseg.quality.map_kinds.map_kind``, the rules the job report's overview follows too).
 
-    An absence image (``absence*``) is grey, so that the opacity slider fades between the
-    image and its healthy-looking translation; a signed map (the additive residual) is
-    diverging and centred on zero, red where the translation removed intensity and blue
-    where it added it; a map within 0…1 (confidence, weights, probability) is ``viridis``
-    over 0…1; anything else keeps Slicer's automatic window/level.
+    An absence image is grey, so that the opacity slider fades between the image and its
+    healthy-looking translation; a signed map (the additive residual) is diverging and
+    centred on zero, red where the translation removed intensity and blue where it added
+    it; a map within 0…1 (confidence, weights, probability) is ``viridis`` over 0…1;
+    anything else keeps Slicer's automatic window/level.
     """
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return MapDisplay(OTHER_COLORS)
-    if name.lower().startswith("absence"):
+    kind = map_kind(name, low, high)
+    if kind == "grey":
         return MapDisplay(GREY_COLORS)
-    if low < 0:
+    if kind == "diverging":
         m = max(abs(low), abs(high))
         return MapDisplay(DIVERGING_COLORS, window=2 * m if m > 0 else 1.0, level=0.0)
-    if 0 <= low and high <= 1:
+    if kind == "fraction":
         return MapDisplay(FRACTION_COLORS, window=1.0, level=0.5)
     return MapDisplay(OTHER_COLORS)
 

@@ -13,6 +13,7 @@ from matplotlib import patheffects
 from matplotlib.lines import Line2D
 
 from ..io.segmentation import SEGMENT_COLOURS
+from ..quality.map_kinds import map_kind
 from ._figure import new_figure, save_png
 
 # Colours for mask names that SEGMENT_COLOURS does not know (matplotlib tab10).
@@ -66,31 +67,28 @@ def _display_image(img: np.ndarray, case_id: str) -> tuple[np.ndarray, bool]:
 
 
 def map_style(name: str, values: np.ndarray) -> tuple[str, float, float]:
-    """Colour map and range of a per-pixel map panel.
+    """Colour map and range of a per-pixel map panel, by the map's kind
+    (:func:`aeseg.quality.map_kinds.map_kind`, the rules Slicer's display follows too).
 
-    An image-like map (name starting ``absence``: the healthy-looking translation) is grey
-    between its 1st and 99th percentiles, like the image; a signed map (the additive
-    residual) is diverging and centred on zero, so that added and removed intensity read
-    as red and blue, over its largest magnitude (the residual's noise floor stays pale and
-    what the translation removed stands out); any other map (confidence, weights,
-    probability) is ``viridis`` over 0–1 when it lies there, else over its 1st–99th
-    percentiles. ``AnnotationEfficientSegLib.review.map_display`` applies the same rules
-    in Slicer.
+    ``grey`` (an absence image) is drawn between its 1st and 99th percentiles, like the
+    image; ``diverging`` (the additive residual) is ``RdBu_r`` centred on zero over its
+    largest magnitude, so that added and removed intensity read as red and blue and the
+    residual's noise floor stays pale; ``fraction`` (confidence, weights, probability) is
+    ``viridis`` over 0–1; ``other`` is ``viridis`` over its 1st–99th percentiles. A map
+    without a finite value is ``viridis`` over 0–1.
     """
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if v.size == 0:
         return "viridis", 0.0, 1.0
-    if name.lower().startswith("absence"):
-        lo, hi = (float(x) for x in np.percentile(v, [1, 99]))
-        return "gray", lo, hi if hi > lo else lo + 1.0
-    if v.min() < 0:
+    kind = map_kind(name, float(v.min()), float(v.max()))
+    if kind == "diverging":
         m = float(np.abs(v).max())
         return "RdBu_r", -m, m
-    if v.max() <= 1.0:
+    if kind == "fraction":
         return "viridis", 0.0, 1.0
     lo, hi = (float(x) for x in np.percentile(v, [1, 99]))
-    return "viridis", lo, hi if hi > lo else lo + 1.0
+    return ("gray" if kind == "grey" else "viridis"), lo, hi if hi > lo else lo + 1.0
 
 
 def _contours(ax, case: OverviewCase, colours: dict[str, tuple[float, float, float]], h: int, w: int,
