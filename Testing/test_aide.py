@@ -261,6 +261,46 @@ def test_view_mode_sets_the_batchnorm_mode_of_the_views(phantom):
     assert modes[0] == ([False], False) and modes[1] == ([True], True)
 
 
+def _bn_layers(nets):
+    return [b for n in nets for b in n.modules() if isinstance(b, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def test_precise_bn_recomputes_the_statistics_whatever_they_were(phantom):
+    """supervised and aide: after an epoch, BatchNorm statistics are those of the current
+    weights on the training slices, not the running averages (garbage here) they held."""
+    from aeseg.methods.supervised import Supervised, SupervisedConfig
+
+    _, data, _ = phantom
+    info = StepInfo("train", 0, 1, 0, 1, 0)
+
+    def sup(precise):
+        torch.manual_seed(0)
+        return Supervised(SupervisedConfig(features=8, depth=3, labels="all", precise_bn=precise),
+                          MethodContext(device=torch.device("cpu"), data=data, seed=0))
+
+    def spoil(layers):
+        g = torch.Generator().manual_seed(1)
+        for b in layers:
+            b.running_mean.copy_(torch.rand(b.running_mean.shape, generator=g) * 10 - 5)
+            b.running_var.copy_(torch.rand(b.running_var.shape, generator=g) * 9 + 0.1)
+        return [(b.running_mean.clone(), b.running_var.clone()) for b in layers]
+
+    for make in (lambda p: sup(p), lambda p: _method(data, precise_bn=p, global_correction=False)):
+        a, b, off = make(True), make(True), make(False)  # the same weights
+        nets = lambda m: m.nets if hasattr(m, "nets") else [m.net]  # noqa: E731
+        spoil(_bn_layers(nets(b)))
+        kept = spoil(_bn_layers(nets(off)))
+        for m in (a, b, off):
+            m.end_epoch(info)
+        for x, y in zip(_bn_layers(nets(a)), _bn_layers(nets(b))):
+            assert torch.allclose(x.running_mean, y.running_mean, atol=1e-5)
+            assert torch.allclose(x.running_var, y.running_var, rtol=1e-4, atol=1e-6)
+        assert not torch.allclose(_bn_layers(nets(a))[0].running_var, torch.ones_like(_bn_layers(nets(a))[0].running_var))
+        for (mean, var), x in zip(kept, _bn_layers(nets(off))):  # off: left as they were
+            assert torch.equal(mean, x.running_mean) and torch.equal(var, x.running_var)
+        assert all(n.training for n in nets(a))
+
+
 @pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
 def test_correction_events_follow_the_schedule(phantom):
     _, data, _ = phantom

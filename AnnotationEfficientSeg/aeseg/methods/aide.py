@@ -111,7 +111,7 @@ from ..data.transforms import resize_probabilities
 from ..nets import NetConfig, make_unet
 from .augment import apply, invert, sample_affine
 from .base import CaseQuality, CohortSummary, EpochReport, Method, QualityResult, StepInfo
-from .common import random_rotations
+from .common import random_rotations, recalibrate_bn
 from .registry import register
 
 CLEAN, NOISY = KIND_CODES["clean"], KIND_CODES["noisy"]
@@ -420,22 +420,12 @@ class Aide(Method):
                                 "dice_new_vs_given": round(_dice(new, given), 6)})
         return records
 
-    @torch.no_grad()
-    def recalibrate_bn(self, max_slices: int = 512, batch_size: int = 64) -> None:
-        """Recompute every network's BatchNorm running statistics as exact averages over
-        (up to ``max_slices`` evenly spaced) labelled training slices (torch's
-        ``update_bn``). With few optimiser steps per epoch the running averages lag the
-        weights, and evaluation-mode predictions swing from epoch to epoch (down to empty
-        masks); the global correction must not copy such a prediction into a label set."""
-        from torch.optim.swa_utils import update_bn
-
+    def recalibrate_bn(self) -> None:
+        """``precise_bn``: BatchNorm statistics recomputed over the labelled training slices
+        (:func:`.common.recalibrate_bn`), so that the global correction does not copy an
+        evaluation-mode prediction made with lagging statistics (down to empty masks)."""
         train = self.ctx.data.train
-        idx = train.indices(("clean", "noisy"))
-        if len(idx) > max_slices:
-            idx = idx[torch.linspace(0, len(idx) - 1, max_slices).round().long()]
-        batches = [train.images[idx[i:i + batch_size]].to(self.ctx.device) for i in range(0, len(idx), batch_size)]
-        for n in self.nets:
-            update_bn(batches, getattr(n, "module", n))
+        recalibrate_bn(self.nets, train.images[train.indices(("clean", "noisy"))], self.ctx.device)
 
     def end_epoch(self, info: StepInfo) -> EpochReport:
         c = self.config

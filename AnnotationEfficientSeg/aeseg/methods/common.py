@@ -7,7 +7,7 @@ import math
 
 import torch
 from monai.losses import DiceCELoss
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from .augment import apply, sample_affine
 
@@ -15,6 +15,27 @@ from .augment import apply, sample_affine
 def seg_loss() -> DiceCELoss:
     """Soft Dice + cross-entropy on softmax outputs against integer labels (MONAI)."""
     return DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=False, smooth_nr=1e-5, smooth_dr=1e-5)
+
+
+@torch.no_grad()
+def recalibrate_bn(nets: list[torch.nn.Module], images: torch.Tensor, device: torch.device,
+                   max_slices: int = 512, batch_size: int = 64) -> None:
+    """Recompute the BatchNorm running statistics of ``nets`` as exact averages over
+    ``images`` (up to ``max_slices`` evenly spaced ones; torch's ``update_bn``). With a few
+    optimiser steps per epoch the running averages lag the weights, and evaluation-mode
+    predictions swing from epoch to epoch; recomputed statistics make them those of the
+    current weights. Training-mode passes do not read running statistics, so training is
+    unchanged. Each network gets its training mode back."""
+    n = images.shape[0]
+    if n == 0:
+        return
+    idx = torch.linspace(0, n - 1, min(n, max_slices)).round().long()
+    batches = [images[idx[i:i + batch_size]].to(device) for i in range(0, len(idx), batch_size)]
+    for net in nets:
+        net = getattr(net, "module", net)
+        was = net.training
+        update_bn(batches, net)
+        net.train(was)
 
 
 def random_flips(image: torch.Tensor, label: torch.Tensor | None, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:

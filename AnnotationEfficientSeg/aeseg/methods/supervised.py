@@ -13,8 +13,8 @@ from typing import Literal
 import torch
 
 from ..nets import NetConfig, make_unet
-from .base import CohortSummary, Method, StepInfo
-from .common import random_flips, random_rotations, seg_loss
+from .base import CohortSummary, EpochReport, Method, StepInfo
+from .common import random_flips, random_rotations, recalibrate_bn, seg_loss
 from .registry import register
 
 
@@ -25,6 +25,7 @@ class SupervisedConfig(NetConfig):
     weight_decay: float = field(default=1e-5, metadata={"help": "Adam weight decay", "min": 0.0})
     augment: bool = field(default=True, metadata={"help": "random flips"})
     train_rotation: float = field(default=0.0, metadata={"help": "random in-plane rotation of each training sample, U(± degrees) (0: none)", "min": 0.0, "max": 180.0})
+    precise_bn: bool = field(default=False, metadata={"help": "recompute BatchNorm statistics over the training slices after every epoch, so that validation and the saved model use those of the current weights"})
     standardize: bool = field(default=False, metadata={"help": "first give unlabelled cases pseudo labels from a model trained on the clean ones (task standardization)"})
 
 
@@ -70,6 +71,12 @@ class Supervised(Method):
             loss = self.loss(self.net(x), y)
         self.ctx.optimize(loss, self.opt)
         return {"loss": float(loss.detach())}
+
+    def end_epoch(self, info: StepInfo) -> EpochReport:
+        if self.config.precise_bn:
+            train = self.ctx.data.train
+            recalibrate_bn([self.net], train.images[train.indices(self.train_kinds)], self.ctx.device)
+        return EpochReport()
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
