@@ -425,7 +425,7 @@ class Aide(Method):
         (:func:`.common.recalibrate_bn`), so that the global correction does not copy an
         evaluation-mode prediction made with lagging statistics (down to empty masks)."""
         train = self.ctx.data.train
-        recalibrate_bn(self.nets, train.images[train.indices(("clean", "noisy"))], self.ctx.device)
+        recalibrate_bn(self.nets, train.images, train.indices(("clean", "noisy")), self.ctx.device)
 
     def end_epoch(self, info: StepInfo) -> EpochReport:
         c = self.config

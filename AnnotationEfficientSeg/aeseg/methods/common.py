@@ -18,18 +18,19 @@ def seg_loss() -> DiceCELoss:
 
 
 @torch.no_grad()
-def recalibrate_bn(nets: list[torch.nn.Module], images: torch.Tensor, device: torch.device,
+def recalibrate_bn(nets: list[torch.nn.Module], images: torch.Tensor, indices: torch.Tensor, device: torch.device,
                    max_slices: int = 512, batch_size: int = 64) -> None:
-    """Recompute the BatchNorm running statistics of ``nets`` as exact averages over
-    ``images`` (up to ``max_slices`` evenly spaced ones; torch's ``update_bn``). With a few
+    """Recompute the BatchNorm running statistics of ``nets`` as exact averages over the
+    slices ``indices`` of ``images`` (up to ``max_slices`` evenly spaced ones, gathered
+    batch by batch; torch's ``update_bn``). With a few
     optimiser steps per epoch the running averages lag the weights, and evaluation-mode
     predictions swing from epoch to epoch; recomputed statistics make them those of the
     current weights. Training-mode passes do not read running statistics, so training is
     unchanged. Each network gets its training mode back."""
-    n = images.shape[0]
+    n = len(indices)
     if n == 0:
         return
-    idx = torch.linspace(0, n - 1, min(n, max_slices)).round().long()
+    idx = indices[torch.linspace(0, n - 1, min(n, max_slices)).round().long()]
     batches = [images[idx[i:i + batch_size]].to(device) for i in range(0, len(idx), batch_size)]
     for net in nets:
         net = getattr(net, "module", net)

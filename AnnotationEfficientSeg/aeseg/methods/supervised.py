@@ -75,7 +75,7 @@ class Supervised(Method):
     def end_epoch(self, info: StepInfo) -> EpochReport:
         if self.config.precise_bn:
             train = self.ctx.data.train
-            recalibrate_bn([self.net], train.images[train.indices(self.train_kinds)], self.ctx.device)
+            recalibrate_bn([self.net], train.images, train.indices(self.train_kinds), self.ctx.device)
         return EpochReport()
 
     @torch.no_grad()
