@@ -174,6 +174,12 @@ baseline moves (0.668 / 0.710 / 0.728), so the gap covered is 44 / 46 / 18 %.
 BatchNorm statistics recomputed after every epoch in every row (``--set-all
 precise_bn=true``; ``supervised`` has the switch since this session): clean-only 0.682,
 noisy 0.685, oracle 0.829, AIDE (its own recalibration on, ``train_view``) 0.707, 15 %.
+Batch 4 as in the code, with 40 steps per epoch so that every row sees the same slices in
+4x the optimiser steps (``--set-all engine.batch_size=4 --set-all engine.steps_per_epoch=40``):
+phantom 0 AIDE 0.798 (0.831 / 0.751 / 0.820 / 0.813 / 0.765 / 0.806), noisy 0.684, clean-only
+0.726, oracle 0.911: 50 %; phantom 1 AIDE 0.738, noisy 0.725, oracle 0.859: 10 %. Every row
+gains from the extra steps, AIDE not more than the others; step ratio 2.71 / 3.34 (the
+smaller batch leaves the per-step overheads larger). Not in the plan.
 """
 
 from harness import Plan, Variant
