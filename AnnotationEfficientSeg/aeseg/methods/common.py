@@ -26,17 +26,14 @@ def recalibrate_bn(nets: list[torch.nn.Module], images: torch.Tensor, indices: t
     optimiser steps per epoch the running averages lag the weights, and evaluation-mode
     predictions swing from epoch to epoch; recomputed statistics make them those of the
     current weights. Training-mode passes do not read running statistics, so training is
-    unchanged. Each network gets its training mode back."""
+    unchanged."""
     n = len(indices)
     if n == 0:
         return
     idx = indices[torch.linspace(0, n - 1, min(n, max_slices)).round().long()]
     batches = [images[idx[i:i + batch_size]].to(device) for i in range(0, len(idx), batch_size)]
     for net in nets:
-        net = getattr(net, "module", net)
-        was = net.training
-        update_bn(batches, net)
-        net.train(was)
+        update_bn(batches, getattr(net, "module", net))  # gives the network its mode back
 
 
 def random_flips(image: torch.Tensor, label: torch.Tensor | None, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
