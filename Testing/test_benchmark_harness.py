@@ -197,3 +197,19 @@ def test_supervised_reference_step_is_timed_where_there_are_labels(tmp_path):
     labelled.plan.phantom = {"size": 32, "n_slices": 4, "n_train": 4, "n_val": 1, "n_test": 1}
     labelled.build_cohort()
     assert labelled.reference_cohort() == labelled.cohort_dir
+
+
+def test_phantom_settings_go_on_top_of_the_plans_and_unknown_ones_are_refused(tmp_path, capsys):
+    import run as run_script
+
+    bench = harness.Bench("aide", "noisy_organ", setting="semi", workdir=tmp_path)
+    assert bench.plan.phantom == {"n_clean": 1}  # the plan's semi setting
+    harness.apply_phantom(bench.plan, {"n_clean": 4, "n_train": 30})
+    kw = bench._phantom_kwargs()
+    assert kw["n_clean"] == 4 and kw["n_train"] == 30 and kw["setting"] == "semi"
+    for bad in ("bogus=1", "setting=noisy", "seed=3"):
+        with pytest.raises(SystemExit) as e:
+            run_script.main(["--method", "aide", "--task", "noisy_organ", "--phantom", bad, "--out", str(tmp_path / "r")])
+        assert e.value.code == 2
+        assert f"--phantom {bad.split('=')[0]}: not one of" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before anything ran

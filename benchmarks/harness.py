@@ -503,6 +503,12 @@ def apply_sets_all(plan: Plan, sets: dict[str, Any]) -> None:
     plan.baseline_overrides.update(sets)
 
 
+def apply_phantom(plan: Plan, phantom: dict[str, Any]) -> None:
+    """``run.py --phantom``: phantom settings on top of the plan's (e.g. ``n_clean=4`` in the
+    semi setting, where the plan asks for 1); every row trains on that cohort."""
+    plan.phantom = {**plan.phantom, **phantom}
+
+
 def apply_epochs(plan: Plan, epochs: int) -> None:
     """``run.py --epochs``: every row — the method, its ablations (whatever their method)
     and the baselines — trains ``epochs`` epochs, so that a longer run stays a fair one."""
@@ -516,9 +522,11 @@ def run_benchmark(method: str, task: str, profile: str = "quick", setting: str |
                   noise: str | float | None = None, seed: int = 0, ablations: bool | tuple[str, ...] = True,
                   out_dir: Path | None = None, reuse: bool = False, train_seeds: tuple[int, ...] | None = None,
                   jobs: int = 1, sets: dict[str, Any] | None = None, epochs: int | None = None,
-                  workdir: Path | None = None, sets_all: dict[str, Any] | None = None) -> dict[str, Any]:
+                  workdir: Path | None = None, sets_all: dict[str, Any] | None = None,
+                  phantom: dict[str, Any] | None = None) -> dict[str, Any]:
     t0 = time.time()
     b = Bench(method, task, profile, setting, noise, seed, workdir=workdir, reuse=reuse, train_seeds=train_seeds, jobs=jobs)
+    apply_phantom(b.plan, phantom or {})
     apply_sets(b.plan, method, sets or {})
     apply_sets_all(b.plan, sets_all or {})
     if epochs:
@@ -574,6 +582,7 @@ def run_benchmark(method: str, task: str, profile: str = "quick", setting: str |
         "overrides": dict(plan.overrides),  # the method's settings on top of the profile
         "sets": dict(sets or {}),  # run.py --set: settings beyond the plan's (in overrides too)
         "sets_all": dict(sets_all or {}),  # run.py --set-all: on every row, baselines included
+        "phantom_sets": dict(phantom or {}),  # run.py --phantom: phantom settings beyond the plan's
         "method_config": json.loads((runs["method"].job / "job.json").read_text())["config"]["method"],
         "runs": {k: r.to_dict() for k, r in runs.items()},
         "ablation_runs": {k: r.to_dict() for k, r in abl_runs.items()},  # per seed, as ``runs``
@@ -597,7 +606,7 @@ def run_benchmark(method: str, task: str, profile: str = "quick", setting: str |
         parts.append(f"{epochs}epochs")
     if len(b.train_seeds) > 1:
         parts.append(f"{len(b.train_seeds)}seeds")
-    parts += [f"{k}{v}".replace(".", "p").lower() for k, v in sorted({**(sets_all or {}), **(sets or {})}.items())]
+    parts += [f"{k}{v}".replace(".", "p").lower() for k, v in sorted({**(phantom or {}), **(sets_all or {}), **(sets or {})}.items())]
     path = out_dir / ("_".join(parts) + ".json")
     path.write_text(json.dumps(result, indent=2, default=_json) + "\n")
     print(summary_line(result))

@@ -60,6 +60,9 @@ def main(argv=None) -> int:
     ap.add_argument("--set-all", action="append", default=[], metavar="KEY=VALUE",
                     help="a setting for every row, baselines included (repeatable; e.g. --set-all train_rotation=60, "
                          "an augmentation the comparison must share); recorded in the results' sets_all")
+    ap.add_argument("--phantom", action="append", default=[], metavar="KEY=VALUE",
+                    help="a phantom setting on top of the plan's (repeatable; e.g. --phantom n_clean=4 --phantom "
+                         "n_train=48, fields of aeseg.data.phantoms.PhantomConfig); recorded in the results' phantom_sets")
     ap.add_argument("--epochs", type=int, default=0,
                     help="train every row (method, ablations, baselines) this many epochs instead of the plan's")
     a = ap.parse_args(argv)
@@ -69,8 +72,17 @@ def main(argv=None) -> int:
     try:
         sets = {k: _value(v) for k, v in parse_sets(a.set).items()}
         sets_all = {k: _value(v) for k, v in parse_sets(a.set_all).items()}
+        phantom = {k: _value(v) for k, v in parse_sets(a.phantom).items()}
     except ConfigError as e:  # a KEY=VALUE without "=" is a usage error
         ap.error(str(e))
+    from dataclasses import fields
+
+    from aeseg.data.phantoms import PhantomConfig
+
+    known = {f.name for f in fields(PhantomConfig)} - {"task", "seed", "setting", "noise"}  # these have their own options
+    if unknown := sorted(set(phantom) - known):
+        ap.error(f"--phantom {', '.join(unknown)}: not one of {', '.join(sorted(known))} "
+                 "(--seed, --setting and --noise set the others)")
     if a.threads:
         import torch
 
@@ -81,7 +93,7 @@ def main(argv=None) -> int:
     ablations = tuple(a.ablation) if a.ablation else not a.no_ablations
     run_benchmark(a.method, a.task, a.profile, a.setting, a.noise, a.seed, ablations, a.out, a.reuse,
                   tuple(range(a.seed, a.seed + a.train_seeds)), a.jobs, sets, a.epochs or None, a.workdir,
-                  sets_all)
+                  sets_all, phantom)
     return 0
 
 
