@@ -85,3 +85,11 @@ def test_main_draws_every_result_file_and_says_when_there_is_none(tmp_path, caps
     (tmp_path / "res" / "notes.json").write_text("{}")  # not a result: skipped
     assert figures.main([str(tmp_path / "res"), "--out", str(tmp_path / "figs")]) == 0
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["aide_noisy_organ_mid.png"]
+
+
+def test_the_title_names_every_setting_beyond_the_plans():
+    result = _result("aide", setting="semi", noise=None)
+    result.update(train_seeds=[0, 1, 2], seed=1, phantom_sets={"n_clean": 4}, sets={"views": 4},
+                  sets_all={"train_rotation": 60})
+    assert figures.title_of(result) == ("aide on noisy_organ\nsemi (3 seeds), phantom seed 1, phantom n_clean=4, "
+                                        "train_rotation=60, views=4")

@@ -54,6 +54,8 @@ def setting_text(r: dict) -> str:
         s += f" ({len(r['train_seeds'])} seeds)"
     if r.get("seed"):  # run.py --seed: another phantom
         s += f", phantom seed {r['seed']}"
+    for k, v in (r.get("phantom_sets") or {}).items():  # run.py --phantom
+        s += f", phantom {k}={json.dumps(v)}"
     for k, v in {**(r.get("sets_all") or {}), **(r.get("sets") or {})}.items():  # run.py --set-all, --set
         s += f", {k}={json.dumps(v)}"
     if r.get("note"):  # set by hand, e.g. for a run of an earlier plan
