@@ -393,3 +393,14 @@ def test_job_writes_corrections_quality_and_maps(tiny_cohort, tmp_path):
     assert corrected <= set(noisy)
     assert sum(int(rows[c]["aide_corrections"]) for c in noisy) == len(corr)
     assert data_cases  # phantom metadata present
+    # the report shows the correction history, one row per noisy case in review order
+    from aeseg.report import CaseCorrections
+    from aeseg.report.corrections import correction_points
+
+    html = (job.root / "report" / "report.html").read_text(encoding="utf-8")
+    assert '<img src="corrections.png"' in html and (job.root / "report" / "corrections.png").is_file()
+    order = [c for c in sorted(rows, key=lambda c: int(rows[c]["rank"])) if c in noisy]
+    pts = correction_points(corr, [CaseCorrections(c) for c in order])
+    assert sum(len(p) for p in pts.values()) == len(corr)
+    artifacts = [e["path"] for e in events if e["type"] == "artifact"]
+    assert "report/report.html" in artifacts

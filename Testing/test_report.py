@@ -185,3 +185,48 @@ def test_report_summary_key_spellings(tmp_path):
     assert rows["config"] == "{&quot;lr&quot;: 0.001, &quot;note&quot;: &quot;&lt;b&gt;&quot;}"
     assert "training time (s)" not in rows and "best val Dice" not in rows
     assert "No quality table" in html
+
+
+def test_correction_points_place_each_correction_on_its_case_row_and_network():
+    from aeseg.report import CaseCorrections
+    from aeseg.report.corrections import correction_points
+
+    cases = [CaseCorrections("b", flagged=True, dice_change=0.4), CaseCorrections("a", dice_change=0.1)]
+    history = [  # as read back from corrections.csv: strings
+        {"case": "a", "epoch": "20", "network": "1", "dice_new_vs_given": "0.8"},
+        {"case": "b", "epoch": "20", "network": "2", "dice_new_vs_given": "0.55"},
+        {"case": "b", "epoch": 30, "network": 1, "dice_new_vs_given": ""},  # unknown Dice: NaN (grey)
+        {"case": "c", "epoch": 30, "network": 1, "dice_new_vs_given": 0.9},  # not among the cases
+        {"case": "a", "epoch": None, "network": 1, "dice_new_vs_given": 0.9},  # no epoch
+    ]
+    pts = correction_points(history, cases)
+    assert pts[2] == [(20.0, 0, 0.55)]
+    assert pts[1][0] == (20.0, 1, 0.8) and pts[1][1][:2] == (30.0, 0) and math.isnan(pts[1][1][2])
+    assert len(pts[1]) == 2
+
+
+def test_report_shows_a_methods_own_figure_and_refuses_a_missing_one(tmp_path):
+    from aeseg.report import CaseCorrections, ReportFigure, plot_corrections
+
+    out = tmp_path / "report"
+    out.mkdir()
+    cases = [CaseCorrections(f"case_{i}", flagged=i < 2, dice_change=0.1 * i) for i in range(6)]
+    history = [{"case": f"case_{i}", "epoch": e, "network": 1 + (e % 2), "dice_new_vs_given": 0.9 - 0.1 * i}
+               for i in range(4) for e in (20, 21, 30)]
+    small = _png(plot_corrections(history, cases[:2], tmp_path / "small.png"))
+    png = _png(plot_corrections(history, cases, out / "corrections.png"))
+    assert _varies(png) and png.shape[0] > small.shape[0]  # one row per case
+    assert _varies(_png(plot_corrections([], cases, tmp_path / "none.png")))  # "no corrections"
+    fig = ReportFigure("Label corrections", "corrections.png", "corrections <by epoch>")
+    paths = write_report(out, {"method": "aide"}, HISTORY, [_case("c1")], [], figures=[fig])
+    assert [p.name for p in paths] == ["loss_curves.png", "overview.png", "corrections.png", "report.html"]
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert '<h2>Label corrections</h2>\n<img src="corrections.png" alt="corrections &lt;by epoch&gt;">' in html
+    assert html.index("overview.png") < html.index("corrections.png") < html.index("<h2>Quality</h2>")
+    before = (out / "report.html").read_text(encoding="utf-8")
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(FileNotFoundError, match="gone.png"):
+        write_report(out, {"method": "aide"}, HISTORY, [_case("c1")], [],
+                     figures=[ReportFigure("Gone", "gone.png")])
+    assert (out / "report.html").read_text(encoding="utf-8") == before  # nothing was rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps

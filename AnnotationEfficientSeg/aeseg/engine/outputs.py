@@ -111,7 +111,7 @@ def finalize(job: JobFolder, method, data: CohortData, cfg, st, cohort) -> None:
     for p in method.write_outputs(job, preds):
         job.events.emit("artifact", path=job.rel(Path(p)), kind="method_output")
 
-    report = write_job_report(job, cfg, st, ranked, records, preds, quality.maps)
+    report = write_job_report(job, cfg, st, ranked, records, preds, quality.maps, method)
     if report:
         job.events.emit("artifact", path=job.rel(report), kind="report")
 
@@ -140,7 +140,8 @@ def overview_case(row: dict, rec: CaseRecord, pred: np.ndarray, maps: dict[str, 
 
 
 def write_job_report(job: JobFolder, cfg, st, ranked: list[dict], records, preds,
-                     maps: dict[str, dict[str, np.ndarray]] | None = None, n_cases: int = 6) -> Path | None:
+                     maps: dict[str, dict[str, np.ndarray]] | None = None, method=None,
+                     n_cases: int = 6) -> Path | None:
     from ..report import write_report
 
     overview = [overview_case(r, records[r["case"]][1], preds[r["case"]], (maps or {}).get(r["case"], {}),
@@ -149,5 +150,7 @@ def write_job_report(job: JobFolder, cfg, st, ranked: list[dict], records, preds
                "epochs": len(st.history), "best val Dice": _f(st.best) if st.best >= 0 else "n/a",
                "training time (s)": f"{st.elapsed:.1f}", "device": str(job.read_meta().get("device", "")),
                "config": dataclasses.asdict(cfg.method_config)}
-    write_report(job.report_dir, summary, st.history, overview, ranked)
+    job.report_dir.mkdir(parents=True, exist_ok=True)
+    figures = method.report_figures(job, ranked) if method is not None else []
+    write_report(job.report_dir, summary, st.history, overview, ranked, figures=figures)
     return job.report_dir / "report.html"

@@ -87,7 +87,8 @@ corrects its own label set).
 Outputs: ``corrections/<case>.seg.nrrd`` (segments "Corrected" and "Given label") for
 every noisy case, ``corrections.csv`` (the history), ``quality.csv`` (``score`` and the
 columns ``aide_corrections``, ``aide_dice_change``, ``aide_agreement``; see
-:meth:`Aide.quality`), and per-case maps ``aide_confidence``.
+:meth:`Aide.quality`), per-case maps ``aide_confidence``, and ``report/corrections.png``
+(the history drawn per case in review order, :meth:`Aide.report_figures`).
 """
 
 from __future__ import annotations
@@ -607,6 +608,22 @@ class Aide(Method):
         write_text(p, buf.getvalue())
         paths.append(p)
         return paths
+
+    def report_figures(self, job, ranked: list[dict]) -> list:
+        """``report/corrections.png``: every global correction of the noisy cases, in review
+        order (:func:`aeseg.report.plot_corrections`), beside each case's final change."""
+        from ..report import CaseCorrections, ReportFigure, plot_corrections
+        from ..report.corrections import CORRECTIONS_PNG
+
+        noisy = {self.ctx.data.train.records[ri].case_id for ri in self.noisy_cases}
+        if not noisy:
+            return []
+        stats = self._case_stats()
+        cases = [CaseCorrections(r["case"], bool(r.get("flag")), stats[r["case"]]["aide_dice_change"])
+                 for r in ranked if r["case"] in noisy]
+        plot_corrections(self.history, cases, job.report_dir / CORRECTIONS_PNG)
+        return [ReportFigure("Label corrections", CORRECTIONS_PNG,
+                             "each global correction of the noisy labels by epoch and network, in review order")]
 
     def train_mode(self, training: bool) -> None:
         for n in self.nets:

@@ -207,6 +207,11 @@ class Method(ABC):
         """Method-specific files (corrections, per-round pseudo labels); returns their paths."""
         return []
 
+    def report_figures(self, job: "JobFolder", ranked: list[dict]) -> list:
+        """The method's own figures for the report (:class:`~aeseg.report.ReportFigure`),
+        drawn into ``job.report_dir``; ``ranked``: the quality rows in review order."""
+        return []
+
     def train_mode(self, training: bool) -> None:
         for m in self.modules().values():
             m.train(training)

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
@@ -34,6 +35,16 @@ SUMMARY_ALIASES = {
     "method": "method", "cohort": "cohort", "epochs": "epochs", "device": "device",
 }
 QUALITY_FIRST = ("rank", "case", "method", "score", "flag")
+
+
+@dataclass(frozen=True)
+class ReportFigure:
+    """A method's own figure in the report (e.g. AIDE's correction history): a section
+    heading, the PNG's file name inside the report folder, and its alt text."""
+
+    title: str
+    file: str
+    alt: str = ""
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em; color: #222; }
@@ -140,11 +151,15 @@ def _quality_table(rows: list[dict]) -> str:
             + "\n</tbody></table>")
 
 
-def render_html(job_summary: dict, history: list[dict], quality_rows: list[dict]) -> str:
-    """The report page as text; images are referenced by relative path."""
+def render_html(job_summary: dict, history: list[dict], quality_rows: list[dict],
+                figures: list[ReportFigure] | tuple[ReportFigure, ...] = ()) -> str:
+    """The report page as text; images are referenced by relative path. ``figures``: the
+    method's own figures, each a section after the overview."""
     method = format_value(job_summary.get("method")) or "job"
     summary = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>"
                       for k, v in _summary_rows(job_summary, history))
+    extra = "".join(f'<h2>{escape(f.title)}</h2>\n<img src="{escape(f.file)}" alt="{escape(f.alt or f.title)}">\n'
+                    for f in figures)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -160,7 +175,7 @@ def render_html(job_summary: dict, history: list[dict], quality_rows: list[dict]
 <img src="{CURVES_PNG}" alt="loss and validation Dice curves">
 <h2>Overview</h2>
 <img src="{OVERVIEW_PNG}" alt="cases with their labels">
-<h2>Quality</h2>
+{extra}<h2>Quality</h2>
 {_quality_table(quality_rows)}
 </body>
 </html>
@@ -169,8 +184,10 @@ def render_html(job_summary: dict, history: list[dict], quality_rows: list[dict]
 
 def write_report(report_dir: str | os.PathLike, job_summary: dict, history: list[dict],
                  overview_cases: list[OverviewCase], quality_rows: list[dict],
-                 overview_title: str = "Cases in review order") -> list[Path]:
+                 overview_title: str = "Cases in review order",
+                 figures: list[ReportFigure] | tuple[ReportFigure, ...] = ()) -> list[Path]:
     """Write ``loss_curves.png``, ``overview.png`` and ``report.html`` into ``report_dir``.
+    ``figures``: PNGs the method already wrote into ``report_dir``, shown after the overview.
 
     ``job_summary`` keys shown first: ``method``, ``cohort``, ``epochs``,
     ``best_val_dice`` (taken from ``history`` when absent), ``wall_time_s`` (shown as
@@ -180,9 +197,12 @@ def write_report(report_dir: str | os.PathLike, job_summary: dict, history: list
     Every file is written atomically; returns the written paths.
     """
     out = Path(report_dir)
+    missing = [f.file for f in figures if not (out / f.file).is_file()]
+    if missing:  # before anything is written
+        raise FileNotFoundError(f"report figures not in {out}: {', '.join(missing)}")
     out.mkdir(parents=True, exist_ok=True)
     curves = plot_curves(history, out / CURVES_PNG)
     overview = plot_overview(overview_cases, out / OVERVIEW_PNG, overview_title)
     page = out / REPORT_HTML
-    write_text(page, render_html(job_summary, history, quality_rows))
-    return [curves, overview, page]
+    write_text(page, render_html(job_summary, history, quality_rows, figures))
+    return [curves, overview, *(out / f.file for f in figures), page]
