@@ -230,3 +230,19 @@ def test_report_shows_a_methods_own_figure_and_refuses_a_missing_one(tmp_path):
                      figures=[ReportFigure("Gone", "gone.png")])
     assert (out / "report.html").read_text(encoding="utf-8") == before  # nothing was rewritten
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+
+
+def test_lqss_figure_splits_kept_and_rejected_scores_and_draws_the_rounds(tmp_path):
+    from aeseg.report import RoundStat, plot_lqss
+    from aeseg.report.lqss import score_bins
+
+    assert np.allclose(score_bins([0.2, 0.4, float("nan")], n=2), [0.2, 0.3, 0.4])  # NaN left out
+    assert np.allclose(score_bins([0.5, 0.5], n=1), [0.0, 1.0])  # all equal: one bin around them
+    scores = [0.1, 0.2, 0.5, 0.6, 0.7, 0.8]
+    rounds = [RoundStat(0, 0.6), RoundStat(1, 0.7, 0.8), RoundStat(2, None, 0.95)]
+    full = _png(plot_lqss(scores, [s >= 0.5 for s in scores], 0.5, rounds, tmp_path / "lqss.png"))
+    bare = _png(plot_lqss(scores, [True] * 6, None, [], tmp_path / "bare.png"))
+    assert _varies(full) and full.shape == bare.shape and not np.array_equal(full, bare)
+    with pytest.raises(ValueError, match="6 scores but 5"):
+        plot_lqss(scores, [True] * 5, 0.5, rounds, tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()

@@ -305,6 +305,8 @@ def test_short_run_gives_pseudo_labels_better_than_chance(easy_run):
     assert all(r["round_change"] != "" for r in tr)
     assert (job.root / "pseudo_labels" / "round1" / f"{ids[0]}.seg.nrrd").exists()
     assert (job.root / "maps" / ids[0] / "discriminator.nrrd").exists()
+    html = (job.root / "report" / "report.html").read_text(encoding="utf-8")
+    assert '<img src="lqss.png"' in html and (job.root / "report" / "lqss.png").is_file()
 
 
 def test_cancel_and_resume_reproduces_the_uninterrupted_run(easy_run, monkeypatch):

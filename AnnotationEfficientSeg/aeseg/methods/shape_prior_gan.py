@@ -39,8 +39,8 @@ Outputs: ``pseudo_labels/round<k>/<case>.seg.nrrd`` for every training case and 
 (round 0 = G_A's pseudo labels, round k = the U-Net's after round k), the engine's
 main ``pseudo_labels/<case>.seg.nrrd`` (final model), ``quality.csv`` with
 ``lqss_score``, ``lqss_accepted``, ``round_change`` (Dice between the last two rounds'
-pseudo labels), and per case ``maps/<case>/discriminator.nrrd`` (D_B's patch realness
-of G_A's pseudo label, upsampled).
+pseudo labels), per case ``maps/<case>/discriminator.nrrd`` (D_B's patch realness
+of G_A's pseudo label, upsampled), and ``report/lqss.png`` (:meth:`ShapePriorGan.report_figures`).
 
 Where this deviates from the paper (and why):
 
@@ -895,6 +895,36 @@ class ShapePriorGan(Method):
                 full = resize_probabilities(up, rec.inplane)[:, 0].numpy()
                 maps[rec.case_id] = {"discriminator": from_slices(full, axis if rec.geometry.ndim == 3 else 2).astype(np.float32)}
         return QualityResult(rows, maps)
+
+    def round_stats(self) -> list:
+        """Per round (:class:`aeseg.report.RoundStat`): round 0 = G_A (its best validation
+        Dice when ``gan_select_best`` measured it), round k = the U-Net after k rounds, with
+        the mean Dice of its training pseudo labels against the previous round's."""
+        from ..report import RoundStat
+
+        train = self.ctx.data.train
+        shape = (len(train), self.size, self.size)
+        labels = [_unpack(p, shape) for p in self.round_labels]
+        out = [RoundStat(0, self.gan_best if self.gan_best >= 0 else None)]
+        for k in range(1, len(labels)):
+            val = self.round_val[k - 1] if k - 1 < len(self.round_val) else None
+            out.append(RoundStat(k, val, float(np.mean(self._case_dice(labels[k - 1], labels[k], train)))))
+        return out
+
+    def report_figures(self, job: "JobFolder", ranked: list[dict]) -> list:
+        """``report/lqss.png``: the training cases' LQSS scores, kept and rejected, with α,
+        and per round the validation Dice and the change of the pseudo labels."""
+        from ..report import ReportFigure, plot_lqss
+        from ..report.lqss import LQSS_PNG
+
+        train = [r for r in ranked if r.get("split") == "train" and r.get("lqss_score") is not None]
+        if not train:
+            return []
+        alpha = next((float(r["lqss_alpha"]) for r in train if r.get("lqss_alpha") is not None), None)
+        plot_lqss([float(r["lqss_score"]) for r in train], [bool(r["lqss_accepted"]) for r in train], alpha,
+                  self.round_stats(), job.report_dir / LQSS_PNG)
+        return [ReportFigure("Sample selection and rounds", LQSS_PNG,
+                             "LQSS scores of the training cases, kept and rejected, and the rounds of iterative training")]
 
     def write_outputs(self, job: "JobFolder", predictions: dict[str, np.ndarray]) -> list:
         """``pseudo_labels/round<k>/<case>.seg.nrrd`` for every training case and round."""

@@ -8,4 +8,5 @@ pyplot global state), and every file is written atomically.
 from .curves import plot_curves  # noqa: F401
 from .corrections import CaseCorrections, plot_corrections  # noqa: F401
 from .html import ReportFigure, write_report  # noqa: F401
+from .lqss import RoundStat, plot_lqss  # noqa: F401
 from .overview import OverviewCase, plot_overview  # noqa: F401
