@@ -88,6 +88,9 @@ FAKE_MAIN = textwrap.dedent(
         emit(job, type="artifact", path="quality.csv", kind="quality")
         os.makedirs(os.path.join(job, "maps", cases[0]), exist_ok=True)
         open(os.path.join(job, "maps", cases[0], "residuals.nrrd"), "w").close()
+        os.makedirs(os.path.join(job, "report"), exist_ok=True)
+        open(os.path.join(job, "report", "report.html"), "w").write("<html></html>")
+        emit(job, type="artifact", path="report/report.html", kind="report")
         emit(job, type="done")
         return 0
 
@@ -283,6 +286,10 @@ def test_validate_train_review_retrain_export_end_to_end(app, panel, cohort, tmp
     finished = []
     panel.jobFinished.connect(finished.append)
 
+    opened = []
+    panel.open_url = lambda path: opened.append(path) or True
+    assert not panel.ui.reportButton.isEnabled() and not panel.open_report()  # no job, no report
+    assert "No report yet" in panel.ui.messageLabel.text() and opened == []
     panel.set_cohort_path(str(cohort))
     panel.validate()
     assert wait_until(app, lambda: panel.validation is not None and panel.methods and panel.devices)
@@ -301,6 +308,11 @@ def test_validate_train_review_retrain_export_end_to_end(app, panel, cohort, tmp
     assert finished == ["done"]
     assert panel.ui.progressBar.value() == 1000 and "Finished" in panel.ui.progressLabel.text()
     assert "Best val Dice 0.700" in panel.ui.metricsLabel.text()
+    assert panel.ui.reportButton.isEnabled()
+    panel.ui.reportButton.click()
+    assert opened == [str(out / "report" / "report.html")]
+    panel.open_url = lambda path: False  # no browser on this desktop
+    assert not panel.open_report() and "Could not open" in panel.ui.messageLabel.text()
     job = json.loads((out / "job.json").read_text())
     assert job["config"]["epochs"] == 2 and job["argv"][job["argv"].index("--device") + 1] == "cpu"
 
@@ -456,7 +468,10 @@ def test_panel_renders_offscreen_to_png(app, panel, cohort, tmp_path):
                                    ("c19", 0.71, "false"), ("c01", 0.83, "false"), ("c22", 0.9, "false")]):
         rows.append(f"{c},aide,{s},{f},{i + 1},{12 - 2 * i},{0.21 - 0.04 * i:.2f}")
     (job / "quality.csv").write_text("\n".join(rows) + "\n")
+    (job / "report").mkdir()
+    (job / "report" / "report.html").write_text("<html></html>")
     assert panel.open_job(job)
+    assert panel.ui.reportButton.isEnabled()
     panel.next_flagged()
     panel.mark_reviewed("c07", cohort / "refined" / "c07.seg.nrrd")
     panel.next_flagged()

@@ -105,6 +105,8 @@ class Panel:
         # called before running aeseg with "validate", "validate-auto", "methods", "devices", "train" or
         # "export"; returns False to stop (the "-auto", methods and devices calls are not the user's)
         self.preflight: Callable[[str], bool] = lambda action: True
+        # opens a local file in the desktop's default application (the report in a web browser)
+        self.open_url: Callable[[str], bool] = lambda path: bool(q.QDesktopServices.openUrl(q.QUrl.fromLocalFile(path)))
         self.caseSelected = q.PySignal()  # (CaseFiles, ReviewRow)
         self.mapSelected = q.PySignal()  # (case, map name or None, path or None)
         self.acceptRequested = q.PySignal()  # (case)
@@ -156,6 +158,7 @@ class Panel:
         ui.cancelButton.clicked.connect(lambda *a: self.cancel())
         ui.resumeButton.clicked.connect(lambda *a: self.resume())
         ui.openJobButton.clicked.connect(lambda *a: self.open_job())
+        ui.reportButton.clicked.connect(lambda *a: self.open_report())
         ui.reviewTable.itemSelectionChanged.connect(self._on_selection_changed)
         ui.nextFlaggedButton.clicked.connect(lambda *a: self.next_flagged())
         ui.acceptButton.clicked.connect(lambda *a: self._request("accept"))
@@ -718,6 +721,23 @@ class Panel:
         self._update_buttons()
         return True
 
+    def report_path(self) -> Path | None:
+        """The open job's ``report/report.html`` once the job has written it, else None."""
+        p = self.job_dir / "report" / "report.html" if self.job_dir is not None else None
+        return p if p is not None and p.is_file() else None
+
+    def open_report(self) -> bool:
+        """Open the job's report (curves, cases in review order, the method's figures) in the browser."""
+        path = self.report_path()
+        if path is None:
+            self.show_message("No report yet: a job writes report/report.html when it finishes.", "warning")
+            return False
+        if not self.open_url(str(path)):
+            self.show_message(f"Could not open {path}: open it in a web browser.", "warning")
+            return False
+        self.log(f"report opened: {path}")
+        return True
+
     def _tick(self) -> None:
         """Timer: finish short commands, follow the job's events, reload quality.csv when it changes."""
         q.guard_none_refcount()
@@ -1056,6 +1076,7 @@ class Panel:
         ui.editButton.setEnabled(self.current_case is not None)
         ui.mapComboBox.setEnabled(self.current_case is not None and int(q.qget(ui.mapComboBox, "count")) > 1)
         ui.retrainButton.setEnabled(self.job_dir is not None and bool(self.job) and not running)
+        ui.reportButton.setEnabled(self.report_path() is not None)
         ui.exportButton.setEnabled(not any(n == "export" for _, _, n in self._commands))
         ui.resetConfigButton.setEnabled(self.form is not None)
         own_epochs = self._form_has("epochs")

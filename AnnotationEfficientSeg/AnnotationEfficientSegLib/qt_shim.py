@@ -111,6 +111,8 @@ QVBoxLayout = _ns.QVBoxLayout
 QHBoxLayout = _ns.QHBoxLayout
 QGroupBox = _ns.QGroupBox
 QFileDialog = _ns.QFileDialog
+QDesktopServices = _ns.QDesktopServices
+QUrl = _ns.QUrl
 
 # The flags role of a QStandardItem (what QComboBox items are): setting it to 0 disables an item.
 ITEM_FLAGS_ROLE = int(Qt.UserRole) - 1
