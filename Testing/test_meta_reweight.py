@@ -255,6 +255,8 @@ def test_full_method_trains_and_writes_quality(phantom, tmp_path):
     lab = load_cohort(phantom).case(case)
     assert mp.shape[-3:] == read_image(lab.image).array.shape[-3:]
     assert float(np.nanmin(mp)) >= 0
+    html = (job.root / "report" / "report.html").read_text(encoding="utf-8")
+    assert '<img src="meta_weights.png"' in html and (job.root / "report" / "meta_weights.png").is_file()
 
 
 def test_no_clean_case_is_a_clear_error(tmp_path):

@@ -246,3 +246,20 @@ def test_lqss_figure_splits_kept_and_rejected_scores_and_draws_the_rounds(tmp_pa
     with pytest.raises(ValueError, match="6 scores but 5"):
         plot_lqss(scores, [True] * 5, 0.5, rounds, tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_case_scatter_keeps_finite_points_and_marks_the_flagged(tmp_path):
+    from aeseg.report import CasePoint, plot_case_scatter
+    from aeseg.report.case_scatter import finite_points
+
+    pts = [CasePoint("a", 1.2, 0.8, 0.9), CasePoint("b", 0.4, 1.6, 0.3, flagged=True),
+           CasePoint("never", math.nan, 1.0, None), CasePoint("c", 1.0, 1.0, None)]
+    assert [p.case for p in finite_points(pts)] == ["a", "b", "c"]
+    marked = _png(plot_case_scatter(pts, tmp_path / "w.png", "label", "pseudo", "Weights"))
+    plain = _png(plot_case_scatter([CasePoint(p.case, p.x, p.y, p.score) for p in pts], tmp_path / "p.png",
+                                   "label", "pseudo", "Weights"))
+    assert _varies(marked) and marked.shape == plain.shape and not np.array_equal(marked, plain)
+    red = (marked[..., 0] > 0.75) & (marked[..., 1] < 0.3) & (marked[..., 2] < 0.3)
+    assert red.sum() > red.size * 1e-4 and not ((plain[..., 0] > 0.75) & (plain[..., 1] < 0.3)
+                                                 & (plain[..., 2] < 0.3)).any()  # the ring and the name
+    assert _varies(_png(plot_case_scatter([], tmp_path / "none.png", "x", "y", "Weights")))

@@ -64,8 +64,9 @@ and ``meta_weight_pseudo`` (mean relative weight over the case's pixels, 1 = the
 average; per slice an average over its visits), ``meta_label_kept`` = ``score`` (the Dice
 between the given label and its meta-arbitrated version: where the label and the
 pseudo label disagree, the one the meta step weighted more), engine flags on the lowest
-scores (review the least trusted labels first), and the last weight maps per case
-(``maps/<case>/meta_weight_label.nrrd``, ``meta_weight_pseudo.nrrd``).
+scores (review the least trusted labels first), the last weight maps per case
+(``maps/<case>/meta_weight_label.nrrd``, ``meta_weight_pseudo.nrrd``), and
+``report/meta_weights.png`` (:meth:`MetaReweight.report_figures`).
 
 DDP: the student is not wrapped (the functional passes need the bare module);
 gradients are averaged over ranks by hand before the step. Per-slice statistics are
@@ -82,6 +83,7 @@ MONAI's DiceCE (``meta_loss=dice_ce``) or CE, the EMA teacher torch's ``Averaged
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -671,6 +673,30 @@ class MetaReweight(Method):
             if self.config.keep_maps:
                 maps[rec.case_id] = self._case_maps(rec, axis)
         return QualityResult(rows, maps)
+
+    def report_figures(self, job, ranked: list[dict]) -> list:
+        """``report/meta_weights.png``: per imperfect training case, the mean weight the meta
+        step gave its label against the one it gave the pseudo label, coloured by ``score``
+        (``meta_label_kept``), flagged cases named."""
+        from ..report import CasePoint, ReportFigure, plot_case_scatter
+
+        def num(v) -> float:
+            try:
+                return float(v)
+            except (TypeError, ValueError):
+                return math.nan
+
+        pts = [CasePoint(r["case"], num(r.get("meta_weight_label")), num(r.get("meta_weight_pseudo")),
+                         num(r.get("score")), bool(r.get("flag")))
+               for r in ranked if r.get("score_source") == "meta_label_kept"]
+        if not pts:
+            return []
+        plot_case_scatter(pts, job.report_dir / "meta_weights.png",
+                          "mean weight on the given label (1 = batch average)",
+                          "mean weight on the pseudo label", "Learned weights per case",
+                          score_label="score: Dice(label, meta-arbitrated label)")
+        return [ReportFigure("Learned weights", "meta_weights.png",
+                             "mean learned weight on each case's given label against its pseudo label")]
 
     def _case_maps(self, rec, axis: int) -> dict[str, np.ndarray]:
         out = {}

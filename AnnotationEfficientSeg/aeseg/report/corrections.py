@@ -69,13 +69,18 @@ def plot_corrections(history: list[dict], cases: list[CaseCorrections], path: st
     shown = cases[:max_cases]
     fig = new_figure(10.0, 1.4 + 0.24 * max(len(shown), 3))
     ax, ax_bar = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1]}, sharey=True)
-    cmap, norm = colormaps["viridis"].with_extremes(bad="lightgrey"), Normalize(0.0, 1.0)
+    cmap, norm = colormaps["viridis"], Normalize(0.0, 1.0)
     points = correction_points(history, shown)
     for net, pts in points.items():
-        if pts:  # the two networks side by side when both rewrote a case at one epoch
-            ax.scatter([e + (0.18 if net == 2 else -0.18) for e, _, _ in pts], [i for _, i, _ in pts],
-                       c=[d for _, _, d in pts], cmap=cmap, norm=norm, marker=_MARKERS[net - 1], s=28,
-                       edgecolors="black", linewidths=0.3)
+        dx = 0.18 if net == 2 else -0.18  # the two networks side by side when both rewrote a case at one epoch
+        known = [p for p in pts if math.isfinite(p[2])]
+        unknown = [p for p in pts if not math.isfinite(p[2])]
+        if known:
+            ax.scatter([e + dx for e, _, _ in known], [i for _, i, _ in known], c=[d for _, _, d in known],
+                       cmap=cmap, norm=norm, marker=_MARKERS[net - 1], s=28, edgecolors="black", linewidths=0.3)
+        if unknown:
+            ax.scatter([e + dx for e, _, _ in unknown], [i for _, i, _ in unknown], c="lightgrey",
+                       marker=_MARKERS[net - 1], s=28, edgecolors="black", linewidths=0.3)
     epochs = [e for pts in points.values() for e, _, _ in pts]
     ys = list(range(len(shown)))
     ax.set_yticks(ys, [c.case for c in shown], fontsize=7)

@@ -1,0 +1,76 @@
+"""Two per-case numbers against each other, flagged cases named (``report/<name>.png``).
+
+Used for MLB-Seg's learned weights: the mean weight the meta step gave a case's given
+label (x) against the one it gave the model's pseudo label (y). Cases above the diagonal
+are those whose label the meta step trusted less than the model's own prediction; the
+colour is the case's ``score`` and the flagged cases (to review first) are ringed in red
+and named.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._figure import new_figure, save_png
+
+_FLAG = (0.84, 0.15, 0.16)
+
+
+@dataclass(frozen=True)
+class CasePoint:
+    case: str
+    x: float
+    y: float
+    score: float | None = None
+    flagged: bool = False
+
+
+def finite_points(points: list[CasePoint]) -> list[CasePoint]:
+    """The points with finite coordinates (a case never reweighted has none)."""
+    return [p for p in points if math.isfinite(p.x) and math.isfinite(p.y)]
+
+
+def plot_case_scatter(points: list[CasePoint], path: str | os.PathLike, xlabel: str, ylabel: str,
+                      title: str, score_label: str = "score", diagonal: bool = True,
+                      max_names: int = 12) -> Path:
+    """Scatter of ``points`` (colour: score over 0–1, grey when unknown; flagged: red ring
+    and name, the first ``max_names`` of them) with the line y = x; returns the path."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    pts = finite_points(points)
+    fig = new_figure(6.4, 5.0)
+    ax = fig.add_subplot(1, 1, 1)
+    cmap, norm = colormaps["viridis"], Normalize(0.0, 1.0)
+    if pts:
+        has_score = [p.score is not None and math.isfinite(p.score) for p in pts]
+        known = [p for p, k in zip(pts, has_score) if k]
+        unknown = [p for p, k in zip(pts, has_score) if not k]
+        for group, colour in ((known, [p.score for p in known]), (unknown, "lightgrey")):
+            if group:
+                ax.scatter([p.x for p in group], [p.y for p in group], c=colour, cmap=cmap if group is known else None,
+                           norm=norm if group is known else None, s=30,
+                           edgecolors=[_FLAG if p.flagged else "black" for p in group],
+                           linewidths=[1.6 if p.flagged else 0.3 for p in group], zorder=3)
+        for p in [p for p in pts if p.flagged][:max_names]:
+            ax.annotate(p.case, (p.x, p.y), xytext=(4, 3), textcoords="offset points", fontsize=7, color=_FLAG)
+        if diagonal:
+            lo = min(min(p.x for p in pts), min(p.y for p in pts))
+            hi = max(max(p.x for p in pts), max(p.y for p in pts))
+            pad = 0.05 * (hi - lo or 1.0)
+            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", linestyle="--", linewidth=0.8)
+        bar = fig.colorbar(ScalarMappable(norm, cmap), ax=ax, fraction=0.05, pad=0.02)
+        bar.set_label(score_label, fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no cases", ha="center", va="center", transform=ax.transAxes, color="grey")
+    n_flag = sum(p.flagged for p in pts)
+    ax.set_title(f"{title} ({len(pts)} cases, {n_flag} flagged)", fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return save_png(fig, path)
