@@ -352,6 +352,9 @@ def test_job_writes_absence_and_residual_maps_and_quality(pa_cohort, tmp_path):
     # the report shows each case's absence image and residual beside it: three panels a row
     import matplotlib.image as mpimg
     assert mpimg.imread(str(job.root / "report" / "overview.png")).shape[1] == 900
+    html = (job.root / "report" / "report.html").read_text(encoding="utf-8")
+    assert '<img src="residual_vs_segmentation.png"' in html
+    assert (job.root / "report" / "residual_vs_segmentation.png").is_file()
 
 
 @pytest.mark.parametrize("small, learns", [(False, True), (True, False)])

@@ -37,7 +37,8 @@ both in the training intensity space ([-1, 1] after the job's intensity normalis
 not the image's original units), resized to the case's grid; ``quality.csv`` rows with
 ``residual_energy`` (mean squared residual), the areas of the residual region
 (``|residual| > residual_threshold``) and of the segmentation, and ``score`` = Dice
-between the two (1 when both are empty); ``flag`` when the score is below ``flag_below``.
+between the two (1 when both are empty); ``flag`` when the score is below ``flag_below``;
+``report/residual_vs_segmentation.png`` (:meth:`PresenceAbsence.report_figures`).
 """
 
 from __future__ import annotations
@@ -355,6 +356,23 @@ class PresenceAbsence(Method):
                 maps[rec.case_id] = {**{f"absence_ch{i}": a for i, a in enumerate(absence)},
                                      **{f"residual_ch{i}": r for i, r in enumerate(residual)}}
         return QualityResult(rows, maps)
+
+    def report_figures(self, job, ranked: list[dict]) -> list:
+        """``report/residual_vs_segmentation.png``: per case, the area of the residual region
+        against the area of the segmentation (on the diagonal when they cover as much), coloured
+        by ``score`` (their Dice), flagged cases named."""
+        from ..report import CasePoint, ReportFigure, plot_case_scatter
+
+        pts = [CasePoint(r["case"], float(r["residual_area"]), float(r["seg_area"]), float(r["score"]),
+                         bool(r.get("flag"))) for r in ranked if r.get("residual_area") not in (None, "")]
+        if not pts:
+            return []
+        name = "residual_vs_segmentation.png"
+        plot_case_scatter(pts, job.report_dir / name, "residual region (voxels, |residual| > threshold)",
+                          "segmentation (voxels)", "Residual against segmentation",
+                          score_label="score: Dice(residual region, segmentation)")
+        return [ReportFigure("Residual against segmentation", name,
+                             "area of each case's residual region against the area of its segmentation")]
 
     def train_mode(self, training: bool) -> None:
         for m in self.modules().values():
