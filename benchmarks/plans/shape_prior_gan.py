@@ -148,6 +148,13 @@ G_A need not hide it. Stage 1 alone, seeds 0–3, training pseudo-label Dice (th
 0 and 1 rerun this session to the same values: 0.652 / 0.557 / 0.627 / 0.610, mean 0.612):
 σ 1.5 px 0.540 / 0.518 / 0.529 / 0.500 (0.522); σ 0.75 px 0.631 / 0.600 / 0.610 / 0.575
 (0.604). Not kept.
+
+Session 18. G_A maps real images to masks of nearly the same size whatever the head's size
+(slope 0.19–0.25). A zoom-equivariance term (not in the paper) asks G_A's mask of a zoomed
+image to be the zoomed mask of the image: L1 between ``σ(G_A(zoom(x)))`` and
+``zoom(σ(G_A(x)))``, zoom 1 ± 0.3, weight 10 beside the cycle's 10. Stage 1 alone, seeds 0–3:
+0.548 / 0.597 / 0.599 / 0.612 (0.589, plan 0.612), slope 0.23–0.29: G_A scales its masks with
+the image but still does not find the head's own size. Not kept; the switch was removed.
 """
 
 from __future__ import annotations
