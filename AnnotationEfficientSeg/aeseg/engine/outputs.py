@@ -150,7 +150,6 @@ def write_job_report(job: JobFolder, cfg, st, ranked: list[dict], records, preds
                "epochs": len(st.history), "best val Dice": _f(st.best) if st.best >= 0 else "n/a",
                "training time (s)": f"{st.elapsed:.1f}", "device": str(job.read_meta().get("device", "")),
                "config": dataclasses.asdict(cfg.method_config)}
-    job.report_dir.mkdir(parents=True, exist_ok=True)
     figures = method.report_figures(job, ranked) if method is not None else []
     write_report(job.report_dir, summary, st.history, overview, ranked, figures=figures)
     return job.report_dir / "report.html"

@@ -1,10 +1,10 @@
 """Two per-case numbers against each other, flagged cases named (``report/<name>.png``).
 
-Used for MLB-Seg's learned weights: the mean weight the meta step gave a case's given
-label (x) against the one it gave the model's pseudo label (y). Cases above the diagonal
-are those whose label the meta step trusted less than the model's own prediction; the
-colour is the case's ``score`` and the flagged cases (to review first) are ringed in red
-and named.
+The colour is the case's ``score``; the flagged cases (to review first) are ringed in red
+and named; the dashed line is y = x. Used for MLB-Seg's learned weights (the mean weight
+the meta step gave a case's given label against the one it gave the pseudo label: above
+the line, the label was trusted less than the model's own prediction) and for
+presence/absence (the residual region's area against the segmentation's).
 """
 
 from __future__ import annotations
@@ -47,15 +47,17 @@ def plot_case_scatter(points: list[CasePoint], path: str | os.PathLike, xlabel: 
     ax = fig.add_subplot(1, 1, 1)
     cmap, norm = colormaps["viridis"], Normalize(0.0, 1.0)
     if pts:
-        has_score = [p.score is not None and math.isfinite(p.score) for p in pts]
-        known = [p for p, k in zip(pts, has_score) if k]
-        unknown = [p for p, k in zip(pts, has_score) if not k]
-        for group, colour in ((known, [p.score for p in known]), (unknown, "lightgrey")):
-            if group:
-                ax.scatter([p.x for p in group], [p.y for p in group], c=colour, cmap=cmap if group is known else None,
-                           norm=norm if group is known else None, s=30,
-                           edgecolors=[_FLAG if p.flagged else "black" for p in group],
-                           linewidths=[1.6 if p.flagged else 0.3 for p in group], zorder=3)
+        def draw(group: list[CasePoint], **colour) -> None:
+            ax.scatter([p.x for p in group], [p.y for p in group], s=30, zorder=3, **colour,
+                       edgecolors=[_FLAG if p.flagged else "black" for p in group],
+                       linewidths=[1.6 if p.flagged else 0.3 for p in group])
+
+        known = [p for p in pts if p.score is not None and math.isfinite(p.score)]
+        unknown = [p for p in pts if p.score is None or not math.isfinite(p.score)]
+        if known:
+            draw(known, c=[p.score for p in known], cmap=cmap, norm=norm)
+        if unknown:
+            draw(unknown, c="lightgrey")
         for p in [p for p in pts if p.flagged][:max_names]:
             ax.annotate(p.case, (p.x, p.y), xytext=(4, 3), textcoords="offset points", fontsize=7, color=_FLAG)
         if diagonal:
