@@ -467,3 +467,30 @@ def test_weight_averages_make_the_pseudo_labels(tmp_path):
         p_avg = torch.sigmoid(m._generate(x).float())
     assert torch.allclose(got[:, 1:2], p_avg, atol=1e-6)
     assert not torch.allclose(got[:, 1:2], p_live, atol=1e-4)
+
+
+def test_round_stats_give_each_rounds_validation_dice_and_change_against_the_previous_round():
+    """The report's rounds panel: round 0 = G_A (its best validation Dice), round k = the
+    U-Net after k rounds, with the mean over cases of Dice(round k − 1 labels, round k labels)."""
+    from types import SimpleNamespace
+
+    from aeseg.methods.shape_prior_gan import ShapePriorGan, _pack
+
+    class Slices(list):  # two cases of two 4×4 slices each
+        records = [SimpleNamespace(start=0, count=2), SimpleNamespace(start=2, count=2)]
+
+    train = Slices(range(4))
+    r0 = torch.zeros(4, 4, 4, dtype=torch.uint8)
+    r0[:, :2] = 1  # two rows of every slice: 8 pixels a slice, 16 a case
+    r1 = r0.clone()
+    r1[2:, :2, :2] = 0  # case 2 keeps half of its round-0 mask: Dice 2·8 / (16 + 8) = 2/3
+    fake = SimpleNamespace(ctx=SimpleNamespace(data=SimpleNamespace(train=train)), size=4,
+                           round_labels=[_pack(r0), _pack(r1), _pack(r1)], round_val=[0.7], gan_best=0.6,
+                           _case_dice=ShapePriorGan._case_dice)
+    stats = ShapePriorGan.round_stats(fake)
+    assert [s.round for s in stats] == [0, 1, 2]
+    assert stats[0].val_dice == 0.6 and stats[0].change_dice is None
+    assert stats[1].val_dice == 0.7 and stats[1].change_dice == pytest.approx((1.0 + 2 / 3) / 2)
+    assert stats[2].val_dice is None and stats[2].change_dice == pytest.approx(1.0)  # stopped early: no validation
+    fake.gan_best = -1.0  # gan_select_best off: G_A's validation Dice was never measured
+    assert ShapePriorGan.round_stats(fake)[0].val_dice is None
