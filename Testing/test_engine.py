@@ -179,3 +179,22 @@ def test_errors_are_clear_and_write_nothing(tiny_cohort, tmp_path):
     with pytest.raises(JobError, match="no checkpoint"):
         create_job(tmp_path / "j3", tiny_cohort, resolve_config("supervised", TINY))
         run_job(tmp_path / "j3", resume=True)
+
+
+def test_a_failing_method_figure_leaves_the_job_done_with_its_report(tiny_cohort, tmp_path, monkeypatch):
+    """The method's own report figures come last; when one fails the job still ends done,
+    with every output and the rest of the report, and a note says what was not drawn."""
+    from aeseg.methods.supervised import Supervised
+
+    def broken(self, job, ranked):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(Supervised, "report_figures", broken)
+    res = _train(tiny_cohort, tmp_path / "job", labels="all")
+    assert res.status == "done"
+    report = tmp_path / "job" / "report"
+    assert sorted(p.name for p in report.iterdir()) == ["loss_curves.png", "overview.png", "report.html"]
+    events = read_events(tmp_path / "job" / "events.jsonl")
+    notes = [e["message"] for e in events if e["type"] == "note"]
+    assert any("supervised figures were not drawn (RuntimeError: no display)" in m for m in notes)
+    assert events[-1]["type"] == "done"

@@ -91,6 +91,7 @@ FAKE_MAIN = textwrap.dedent(
         os.makedirs(os.path.join(job, "report"), exist_ok=True)
         open(os.path.join(job, "report", "report.html"), "w").write("<html></html>")
         emit(job, type="artifact", path="report/report.html", kind="report")
+        emit(job, type="note", message="round 2: validation Dice did not improve; remaining rounds skipped")
         emit(job, type="done")
         return 0
 
@@ -308,6 +309,7 @@ def test_validate_train_review_retrain_export_end_to_end(app, panel, cohort, tmp
     assert finished == ["done"]
     assert panel.ui.progressBar.value() == 1000 and "Finished" in panel.ui.progressLabel.text()
     assert "Best val Dice 0.700" in panel.ui.metricsLabel.text()
+    assert "round 2: validation Dice did not improve" in panel.ui.logTextEdit.toPlainText()  # notes are logged
     assert panel.ui.reportButton.isEnabled()
     panel.ui.reportButton.click()
     assert opened == [str(out / "report" / "report.html")]

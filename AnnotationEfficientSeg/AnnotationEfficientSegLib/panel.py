@@ -767,6 +767,8 @@ class Panel:
             for e in events:
                 if e.get("type") == "error":
                     self.log(f"error: {e.get('message')}")
+                elif e.get("type") == "note" and e.get("message"):
+                    self.log(str(e.get("message")))  # e.g. task standardization, rounds skipped
                 elif e.get("type") == "artifact" and e.get("kind") == "report":
                     self.log(f"report: {self.job_dir / str(e.get('path'))}" if self.job_dir else "")
             self._maybe_reload_review()

@@ -150,6 +150,12 @@ def write_job_report(job: JobFolder, cfg, st, ranked: list[dict], records, preds
                "epochs": len(st.history), "best val Dice": _f(st.best) if st.best >= 0 else "n/a",
                "training time (s)": f"{st.elapsed:.1f}", "device": str(job.read_meta().get("device", "")),
                "config": dataclasses.asdict(cfg.method_config)}
-    figures = method.report_figures(job, ranked) if method is not None else []
+    figures = []
+    if method is not None:
+        try:
+            figures = method.report_figures(job, ranked)
+        except Exception as e:  # noqa: BLE001 - a figure is not worth failing a finished job
+            job.events.emit("note", message=f"report: the {cfg.method} figures were not drawn "
+                                            f"({type(e).__name__}: {e}); the rest of the report is complete")
     write_report(job.report_dir, summary, st.history, overview, ranked, figures=figures)
     return job.report_dir / "report.html"
