@@ -83,7 +83,6 @@ MONAI's DiceCE (``meta_loss=dice_ce``) or CE, the EMA teacher torch's ``Averaged
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -680,14 +679,8 @@ class MetaReweight(Method):
         (``meta_label_kept``), flagged cases named."""
         from ..report import CasePoint, ReportFigure, plot_case_scatter
 
-        def num(v) -> float:
-            try:
-                return float(v)
-            except (TypeError, ValueError):
-                return math.nan
-
-        pts = [CasePoint(r["case"], num(r.get("meta_weight_label")), num(r.get("meta_weight_pseudo")),
-                         num(r.get("score")), bool(r.get("flag")))
+        pts = [CasePoint(r["case"], r.get("meta_weight_label"), r.get("meta_weight_pseudo"), r.get("score"),
+                         bool(r.get("flag")))
                for r in ranked if r.get("score_source") == "meta_label_kept"]
         if not pts:
             return []

@@ -9,12 +9,11 @@ presence/absence (the residual region's area against the segmentation's).
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._figure import new_figure, save_png
+from ._figure import new_figure, number, save_png
 
 _FLAG = (0.84, 0.15, 0.16)
 
@@ -22,15 +21,17 @@ _FLAG = (0.84, 0.15, 0.16)
 @dataclass(frozen=True)
 class CasePoint:
     case: str
-    x: float
-    y: float
+    x: float | None
+    y: float | None
     score: float | None = None
     flagged: bool = False
 
 
 def finite_points(points: list[CasePoint]) -> list[CasePoint]:
-    """The points with finite coordinates (a case never reweighted has none)."""
-    return [p for p in points if math.isfinite(p.x) and math.isfinite(p.y)]
+    """The points with finite coordinates (a case never reweighted has none), their values
+    as floats (None for a score that is missing or not finite)."""
+    return [CasePoint(p.case, number(p.x), number(p.y), number(p.score), p.flagged) for p in points
+            if number(p.x) is not None and number(p.y) is not None]
 
 
 def plot_case_scatter(points: list[CasePoint], path: str | os.PathLike, xlabel: str, ylabel: str,
@@ -52,8 +53,8 @@ def plot_case_scatter(points: list[CasePoint], path: str | os.PathLike, xlabel: 
                        edgecolors=[_FLAG if p.flagged else "black" for p in group],
                        linewidths=[1.6 if p.flagged else 0.3 for p in group])
 
-        known = [p for p in pts if p.score is not None and math.isfinite(p.score)]
-        unknown = [p for p in pts if p.score is None or not math.isfinite(p.score)]
+        known = [p for p in pts if p.score is not None]
+        unknown = [p for p in pts if p.score is None]
         if known:
             draw(known, c=[p.score for p in known], cmap=cmap, norm=norm)
         if unknown:

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._figure import new_figure, save_png
+from ._figure import new_figure, number, save_png
 
 CORRECTIONS_PNG = "corrections.png"
 _FLAG = (0.84, 0.15, 0.16)
@@ -32,14 +32,6 @@ class CaseCorrections:
     dice_change: float | None = None  # 1 − Dice(given, final corrected label)
 
 
-def _number(v) -> float | None:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def correction_points(history: list[dict], cases: list[CaseCorrections]) -> dict[int, list[tuple[float, int, float]]]:
     """Network (1 or 2) → its corrections of ``cases`` as (epoch, row of the case in
     ``cases``, Dice of the written label against the given one; NaN when unknown, drawn grey).
@@ -50,10 +42,10 @@ def correction_points(history: list[dict], cases: list[CaseCorrections]) -> dict
     row_of = {c.case: i for i, c in enumerate(cases)}
     out: dict[int, list[tuple[float, int, float]]] = {1: [], 2: []}
     for h in history:
-        i, e, d = row_of.get(str(h.get("case"))), _number(h.get("epoch")), _number(h.get("dice_new_vs_given"))
+        i, e, d = row_of.get(str(h.get("case"))), number(h.get("epoch")), number(h.get("dice_new_vs_given"))
         if i is None or e is None:
             continue
-        out[2 if _number(h.get("network")) == 2 else 1].append((e, i, math.nan if d is None else d))
+        out[2 if number(h.get("network")) == 2 else 1].append((e, i, math.nan if d is None else d))
     return out
 
 

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
 from matplotlib.ticker import MaxNLocator
 
-from ._figure import new_figure, save_png
-
-
-def _number(v: object) -> float | None:
-    """``v`` as a finite float, or None when missing, non-numeric or NaN/inf."""
-    if isinstance(v, bool) or v is None:
-        return None
-    try:
-        f = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
+from ._figure import new_figure, number, save_png
 
 
 def loss_series(history: list[dict]) -> dict[str, list[tuple[float, float]]]:
@@ -28,11 +16,11 @@ def loss_series(history: list[dict]) -> dict[str, list[tuple[float, float]]]:
     phases = {str(h.get("phase", "")) for h in history if h.get("losses")}
     series: dict[str, list[tuple[float, float]]] = {}
     for h in history:
-        epoch = _number(h.get("epoch"))
+        epoch = number(h.get("epoch"))
         if epoch is None:
             continue
         for name, value in (h.get("losses") or {}).items():
-            v = _number(value)
+            v = number(value)
             if v is None:
                 continue
             label = f"{h.get('phase', '')}: {name}" if len(phases) > 1 else str(name)
@@ -44,7 +32,7 @@ def val_dice_series(history: list[dict]) -> list[tuple[float, float]]:
     """``[(epoch, val_dice), ...]`` for the entries that carry a validation Dice."""
     pts = []
     for h in history:
-        epoch, v = _number(h.get("epoch")), _number(h.get("val_dice"))
+        epoch, v = number(h.get("epoch")), number(h.get("val_dice"))
         if epoch is not None and v is not None:
             pts.append((epoch, v))
     return sorted(pts)

@@ -10,14 +10,13 @@ previous round's (near 1: the rounds have settled).
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ._figure import new_figure, save_png
+from ._figure import new_figure, number, save_png
 
 LQSS_PNG = "lqss.png"
 _KEPT, _REJECTED = (0.12, 0.47, 0.71), (0.84, 0.15, 0.16)
@@ -33,13 +32,9 @@ class RoundStat:
     change_dice: float | None = None
 
 
-def _finite(v) -> bool:
-    return v is not None and math.isfinite(float(v))
-
-
 def score_bins(scores: list[float], n: int = 20) -> np.ndarray:
     """Shared histogram edges for kept and rejected scores (one bin when all are equal)."""
-    s = np.asarray([x for x in scores if _finite(x)], dtype=np.float64)
+    s = np.asarray([x for x in scores if number(x) is not None], dtype=np.float64)
     if not s.size:
         return np.linspace(0.0, 1.0, n + 1)
     lo, hi = float(s.min()), float(s.max())
@@ -59,11 +54,11 @@ def plot_lqss(scores: list[float], accepted: list[bool], alpha: float | None, ro
     fig = new_figure(11.0, 3.6)
     ax, ax_r = fig.subplots(1, 2)
     bins = score_bins(scores)
-    kept = [s for s, a in zip(scores, accepted) if a and _finite(s)]
-    rejected = [s for s, a in zip(scores, accepted) if not a and _finite(s)]
+    kept = [s for s, a in zip(scores, accepted) if a and number(s) is not None]
+    rejected = [s for s, a in zip(scores, accepted) if not a and number(s) is not None]
     ax.hist([kept, rejected], bins=bins, stacked=True, color=[_KEPT, _REJECTED],
             label=[f"kept ({len(kept)})", f"rejected ({len(rejected)})"])
-    if _finite(alpha):
+    if number(alpha) is not None:
         ax.axvline(float(alpha), color="black", linestyle="--", linewidth=1)
         ax.text(float(alpha), ax.get_ylim()[1] * 0.95, " α", va="top")
     ax.set_xlabel("LQSS score (D_B realness of the pseudo label; high = kept)")
@@ -74,7 +69,7 @@ def plot_lqss(scores: list[float], accepted: list[bool], alpha: float | None, ro
     rs = sorted(rounds, key=lambda r: r.round)
     for attr, label, colour in (("val_dice", "validation Dice", "tab:green"),
                                 ("change_dice", "Dice with the previous round's pseudo labels", "tab:purple")):
-        pts = [(r.round, float(getattr(r, attr))) for r in rs if _finite(getattr(r, attr))]
+        pts = [(r.round, float(getattr(r, attr))) for r in rs if number(getattr(r, attr)) is not None]
         if pts:
             ax_r.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=colour, label=label)
     ax_r.set_xlabel("round (0: CycleGAN G_A)")
