@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {"engine.epochs": 2, "engine.batch_size": 4, "data.size": 32, "features": 8, "depth": 3}
 
 
-def _train(cohort, out, method="supervised", **over):
+def _train(cohort, out, method="supervised", echo=None, **over):
     cfg = resolve_config(method, {**TINY, **over})
     job = create_job(out, cohort, cfg)
-    return run_job(job.root, progress_bar=False)
+    return run_job(job.root, progress_bar=False, echo=echo)
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +142,19 @@ def test_cancelled_run_resumes_to_the_same_model(tiny_cohort, tmp_path, how):
             torch.testing.assert_close(a[net][k], b[net][k], rtol=1e-5, atol=1e-6, msg=f"{net}.{k}")
 
 
-def test_task_standardization_runs_as_a_sub_job(tiny_cohort, tmp_path):
-    res = _train(tiny_cohort, tmp_path / "std", labels="all", standardize=True)
+def test_task_standardization_runs_as_a_sub_job(tiny_cohort, tmp_path, capsys):
+    from aeseg.cli import print_note
+
+    echoed = []
+    res = _train(tiny_cohort, tmp_path / "std", labels="all", standardize=True,
+                 echo=lambda ev: (echoed.append(ev), print_note(ev)))
     assert res.status == "done"
+    events = read_events(tmp_path / "std" / "events.jsonl")
+    assert [e["type"] for e in echoed] == [e["type"] for e in events]  # every event written, in order
+    notes = [e["message"] for e in events if e["type"] == "note"]
+    assert any(n.startswith("task standardization") for n in notes)
+    # the command line prints the notes alone, one line each
+    assert capsys.readouterr().err.splitlines() == [f"aeseg: note: {n}" for n in notes]
     sub = tmp_path / "std" / "standardize"
     assert (sub / "model" / "model.pt").is_file()
     co = load_cohort(tiny_cohort)

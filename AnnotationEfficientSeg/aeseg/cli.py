@@ -120,18 +120,29 @@ def _train_config(args):
     return resolve_config(args.method, flat, seed=args.seed, device=args.device)
 
 
+def print_note(event: dict) -> None:
+    """Print a job's ``note`` events (task standardization, rounds skipped, figures not
+    drawn) on stderr as they happen, above a running progress bar."""
+    if event.get("type") != "note":
+        return
+    from tqdm import tqdm
+
+    tqdm.write(f"aeseg: note: {event.get('message', '')}", file=sys.stderr)
+
+
 def cmd_train(args) -> int:
     from .engine.loop import create_job, run_job
 
     progress = False if args.no_progress else None
     if args.resume:
-        res = run_job(args.resume, resume=True, progress_bar=progress, device=None if args.device == "auto" else args.device)
+        res = run_job(args.resume, resume=True, progress_bar=progress, device=None if args.device == "auto" else args.device,
+                      echo=print_note)
     else:
         if not args.cohort or not args.out:
             raise AesegError("train needs a cohort folder and --out JOB (or --resume JOB)")
         cfg = _train_config(args)
         job = create_job(args.out, args.cohort, cfg, command=["aeseg", *sys.argv[1:]])
-        res = run_job(job.root, progress_bar=progress)
+        res = run_job(job.root, progress_bar=progress, echo=print_note)
     vd = f", best validation Dice {res.best_val_dice:.3f}" if res.best_val_dice is not None else ""
     if int(os.environ.get("RANK", "0")) == 0:
             print(f"{res.status}: {res.job} ({res.epochs_run} epochs{vd}, {res.wall_s:.0f} s)")
@@ -230,7 +241,7 @@ def cmd_demo(args) -> int:
     cfg = resolve_config(args.method, {"engine.epochs": args.epochs, "engine.steps_per_epoch": args.steps_per_epoch},
                          seed=0, device=args.device)
     job = create_job(job_dir, cohort, cfg, command=["aeseg", "demo"])
-    res = run_job(job.root)
+    res = run_job(job.root, echo=print_note)
     print(f"job folder: {res.job}")
     print(f"  quality.csv, pseudo_labels/, maps/, report/report.html; best validation Dice "
           f"{res.best_val_dice if res.best_val_dice is not None else float('nan'):.3f}; wall time {time.time() - t0:.0f} s")

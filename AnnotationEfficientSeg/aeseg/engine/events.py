@@ -13,13 +13,17 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 class EventLog:
-    def __init__(self, path: Path, enabled: bool = True):
+    """``echo``, when set, is called with every event this log writes (the command line
+    prints the ``note`` events with it)."""
+
+    def __init__(self, path: Path, enabled: bool = True, echo: Callable[[dict], None] | None = None):
         self.path = Path(path)
         self.enabled = enabled
+        self.echo = echo
 
     def emit(self, type_: str, **fields: Any) -> dict:
         ev = {"type": type_, "time": round(time.time(), 3), **fields}
@@ -29,6 +33,8 @@ class EventLog:
                 f.write(line)
                 f.flush()
                 os.fsync(f.fileno())
+            if self.echo is not None:
+                self.echo(ev)
         return ev
 
 

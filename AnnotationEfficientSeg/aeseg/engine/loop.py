@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -151,11 +151,15 @@ def config_from_meta(meta: dict) -> JobConfig:
 
 
 def run_job(job_dir: str | os.PathLike, resume: bool = False, progress_bar: bool | None = None,
-            device: str | None = None, job: JobFolder | None = None) -> JobResult:
-    """Train the job described by ``job_dir/job.json`` (resume from its last checkpoint)."""
+            device: str | None = None, job: JobFolder | None = None,
+            echo: Callable[[dict], None] | None = None) -> JobResult:
+    """Train the job described by ``job_dir/job.json`` (resume from its last checkpoint).
+    ``echo``: called with every event the job writes (on rank 0), e.g. to print notes."""
     t0 = time.time()
     ws, rank, local_rank = _dist()
     job = job or JobFolder(validate_job_path(job_dir), writer=rank == 0)
+    if echo is not None:
+        job.events.echo = echo
     meta = job.read_meta()
     cfg = config_from_meta(meta)
     init_distributed(device or cfg.device)
