@@ -214,6 +214,13 @@ AIDE 0.749 (0.762 / 0.819 / 0.749 / 0.753 / 0.703 / 0.707), noisy baseline 0.675
 Unlike the semi-supervised rows, AIDE gains from the longer run here (best validation epochs
 47–56 in seeds 0–2; its validation Dice over the last 20 epochs 0.69–0.75 against the noisy
 baseline's 0.59, which memorises), but the oracle gains more (0.832 → 0.890).
+Step ratio on an idle machine (session 19, ``steptime.py --rounds 7 --threads 1``): 2.57
+(2.45–2.76); session 18 measured 2.68 (2.60–3.23) with the same code. cProfile put the
+networks' train/eval switches at about 5 ms a step, but that is the profiler's own
+overhead on Python calls: setting the ``training`` flags from a cached module list instead
+of ``net.train``, timed against it in one process over 7 interleaved rounds, gave 2.51
+against 2.37 (paired difference −0.02); not kept. Two networks' forward and backward
+passes are the floor of about 2.3 with one extra view each.
 """
 
 from harness import Plan, Variant
