@@ -2,7 +2,9 @@
 
 Types: ``start``, ``progress`` (epoch, epochs, step, steps, losses, eta_s, phase),
 ``epoch`` (end-of-epoch metrics), ``artifact`` (path relative to the job, kind),
-``done``, ``error`` (message), ``cancelled``. Readers must tolerate a partial last line
+``done``, ``error`` (message), ``cancelled``, ``resumed`` (phase, epoch, step), ``note``
+(message: something the user should know, e.g. task standardization or a figure not
+drawn) and the methods' own (e.g. ``correction`` from ``aide``). Readers must tolerate a partial last line
 while the job runs (:func:`read_events` does).
 """
 
@@ -17,13 +19,13 @@ from typing import Any, Callable
 
 
 class EventLog:
-    """``echo``, when set, is called with every event this log writes (the command line
-    prints the ``note`` events with it)."""
+    """Appends events to ``path``. ``echo``, when set, is called with every event written
+    (the command line prints the ``note`` events with it)."""
 
-    def __init__(self, path: Path, enabled: bool = True, echo: Callable[[dict], None] | None = None):
+    def __init__(self, path: Path, enabled: bool = True):
         self.path = Path(path)
         self.enabled = enabled
-        self.echo = echo
+        self.echo: Callable[[dict], None] | None = None
 
     def emit(self, type_: str, **fields: Any) -> dict:
         ev = {"type": type_, "time": round(time.time(), 3), **fields}
