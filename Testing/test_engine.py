@@ -130,6 +130,10 @@ def test_cancelled_run_resumes_to_the_same_model(tiny_cohort, tmp_path, how):
     cancelled = [e for e in ev if e["type"] == "cancelled"]
     assert cancelled and cancelled[0]["epoch"] == 2 and 0 < cancelled[0]["step"] < cancelled[0]["steps"], cancelled
     assert not (job / "model").exists()
+    cmd, env = _cli("status", str(job), "--json")
+    st = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
+    assert (st["status"], st["epoch"], st["checkpoint"]) == ("cancelled", 2, True)
+    assert st["best_val_dice"] == max(e["val_dice"] for e in ev if e["type"] == "epoch")
     cmd, env = _cli("train", "--resume", str(job), "--no-progress")
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -140,6 +144,35 @@ def test_cancelled_run_resumes_to_the_same_model(tiny_cohort, tmp_path, how):
     for net in a:
         for k in a[net]:
             torch.testing.assert_close(a[net][k], b[net][k], rtol=1e-5, atol=1e-6, msg=f"{net}.{k}")
+
+
+def test_status_reads_a_running_job_from_its_folder(tmp_path):
+    from aeseg.engine.status import NOTES_SHOWN, format_status, job_status
+
+    job = tmp_path / "job"
+    (job / "checkpoints").mkdir(parents=True)
+    (job / "job.json").write_text(json.dumps({"method": "aide", "cohort": "/data/cohort"}))
+    events = [{"type": "start", "time": 900.0, "epochs": 4},
+              {"type": "epoch", "time": 950.0, "epoch": 1, "epochs": 4, "val_dice": 0.61},
+              {"type": "epoch", "time": 980.0, "epoch": 2, "epochs": 4, "val_dice": 0.58},
+              *({"type": "note", "time": 985.0, "message": f"note {i}"} for i in range(NOTES_SHOWN + 2)),
+              {"type": "progress", "time": 1000.0, "epoch": 3, "epochs": 4, "step": 5, "steps": 10,
+               "losses": {"loss": 0.4}, "eta_s": 100.0}]
+    (job / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + '{"type": "prog')  # being written
+    s = job_status(job, now=1030.0)
+    assert s["status"] == "running" and (s["epoch"], s["epochs"]) == (3, 4)
+    assert s["eta_s"] == pytest.approx(70.0) and s["last_event_age_s"] == pytest.approx(30.0)
+    assert (s["best_val_dice"], s["best_epoch"]) == (0.61, 1)
+    assert s["fraction"] == pytest.approx(2.5 / 4) and not s["checkpoint"]
+    text = format_status(s)
+    assert "ETA 1 min 10 s" in text and "--resume" not in text  # no checkpoint yet: nothing to resume
+    assert f"note {NOTES_SHOWN + 1}" in text and "note 1\n" not in text and "note 0" not in text
+    (job / "checkpoints" / "last.pt").write_bytes(b"x")
+    (job / "cancel").touch()
+    text = format_status(job_status(job, now=1030.0))
+    assert f"aeseg train --resume {job.resolve()}" in text and "cancel requested" in text
+    with pytest.raises(JobError, match="not a job folder"):
+        job_status(tmp_path)
 
 
 def test_task_standardization_runs_as_a_sub_job(tiny_cohort, tmp_path, capsys):

@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from aeseg.io.values import number  # stdlib only: no core requirement needed
+
 TYPES = ("int", "float", "bool", "str", "choice")
 INT32 = 2**31 - 1
 
@@ -49,7 +51,7 @@ class FieldSpec:
         if t != "choice" and choices:
             t = "choice"
         return cls(str(d["name"]), t, d.get("default"), str(d.get("help") or ""), choices,
-                   _opt_num(d.get("min")), _opt_num(d.get("max")))
+                   number(d.get("min")), number(d.get("max")))
 
     @property
     def label(self) -> str:
@@ -60,16 +62,6 @@ class FieldSpec:
     def optional(self) -> bool:
         """A field whose default is None may be left empty."""
         return self.default is None and self.type in ("int", "float", "str")
-
-
-def _opt_num(v: Any) -> float | None:
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def parse_schema(schema: Iterable[Mapping[str, Any]]) -> list[FieldSpec]:

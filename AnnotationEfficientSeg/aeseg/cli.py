@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train(sub)
 
+    p = sub.add_parser("status", help="where a job stands: progress, ETA, best validation Dice, notes")
+    p.add_argument("job", help="job folder")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
     p = sub.add_parser("predict", help="apply a trained model to images")
     p.add_argument("--model", required=True, help="job folder (or its model/ folder)")
     p.add_argument("images", nargs="+", help="image files or DICOM folders")
@@ -94,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aeseg: interrupted", file=sys.stderr)
         return 130
+
+
+def cmd_status(args) -> int:
+    from .engine.status import format_status, job_status
+
+    s = job_status(args.job)
+    print(json.dumps(s, indent=2) if args.json else format_status(s))
+    return 0
 
 
 def cmd_validate(args) -> int:
@@ -249,4 +261,5 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"validate": cmd_validate, "train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate,
-            "export": cmd_export, "methods": cmd_methods, "devices": cmd_devices, "demo": cmd_demo}
+            "export": cmd_export, "methods": cmd_methods, "devices": cmd_devices, "demo": cmd_demo,
+            "status": cmd_status}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -10,20 +9,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..io.atomic import write_with
+from ..io.values import number  # noqa: F401  (the report modules take it from here)
 
 DPI = 100
-
-
-def number(v: object) -> float | None:
-    """``v`` as a finite float, or None when missing, non-numeric or NaN/inf (values read
-    back from CSV files and event logs are strings or numbers)."""
-    if isinstance(v, bool) or v is None:
-        return None
-    try:
-        f = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def new_figure(width_in: float, height_in: float) -> Figure:

@@ -1,0 +1,79 @@
+"""``aeseg status JOB``: where a job stands, read from its folder alone (``job.json``,
+``events.jsonl``, the checkpoint and cancel files), so that a run started elsewhere (with
+``nohup``, on a cluster node, by the Slicer module) can be checked from any shell.
+Standard library only."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import JobError
+from .progress import DONE, EVENTS_FILE, RUNNING, EventTail, ProgressState, format_duration
+
+NOTES_SHOWN = 5
+
+
+def job_status(job_dir: str | Path, now: float | None = None) -> dict[str, Any]:
+    """The state of the job in ``job_dir`` as a JSON-ready dict. ``now``: wall-clock time
+    the ETA and the age of the last event are counted to (default: the current time)."""
+    root = Path(job_dir).expanduser().resolve()
+    meta_path = root / "job.json"
+    if not meta_path.is_file():
+        raise JobError(f"{root}: not a job folder (no job.json)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise JobError(f"{meta_path}: unreadable ({e})") from e
+    now = time.time() if now is None else now
+    events = EventTail(root / EVENTS_FILE).read_new(final=True)
+    state = ProgressState()
+    for ev in events:  # the events' own wall-clock times, so that the ETA counts down to ``now``
+        state.apply(ev, now=float(ev.get("time", now)))
+    last = max((float(e["time"]) for e in events if isinstance(e.get("time"), (int, float))), default=None)
+    vals = [(h["epoch"], h["val_dice"]) for h in state.history if "val_dice" in h]
+    best = max(vals, key=lambda ev: ev[1]) if vals else None
+    checkpoint = root / "checkpoints" / "last.pt"
+    return {
+        "job": str(root),
+        "method": meta.get("method"),
+        "cohort": meta.get("cohort"),
+        "status": state.status if events else "not started",
+        "summary": state.summary(now=now),
+        "phase": state.phase,
+        "epoch": state.epoch,
+        "epochs": state.epochs,
+        "fraction": state.fraction,
+        "eta_s": state.eta_now(now=now) if state.status == RUNNING else None,
+        "last_event_age_s": None if last is None else max(now - last, 0.0),
+        "best_val_dice": None if best is None else best[1],
+        "best_epoch": None if best is None else best[0],
+        "message": state.message,
+        "notes": [str(e.get("message", "")) for e in events if e.get("type") == "note"],
+        "checkpoint": checkpoint.is_file(),
+        "cancel_requested": (root / "cancel").exists(),
+        "report": str(root / "report" / "report.html") if (root / "report" / "report.html").is_file() else None,
+    }
+
+
+def format_status(s: dict[str, Any]) -> str:
+    """The dict of :func:`job_status` as lines for a terminal."""
+    lines = [f"job:     {s['job']}", f"method:  {s['method']} on {s['cohort']}", f"status:  {s['summary']}"]
+    if s["last_event_age_s"] is not None:
+        lines.append(f"last event: {format_duration(s['last_event_age_s'])} ago")
+    if s["best_val_dice"] is not None:
+        lines.append(f"best validation Dice: {s['best_val_dice']:.3f} (epoch {s['best_epoch']})")
+    if s["cancel_requested"]:
+        lines.append("cancel requested: the run stops after its current step")
+    if s["status"] not in (DONE, "not started") and s["checkpoint"]:
+        lines.append(f"if no process runs it any more: aeseg train --resume {s['job']}")
+    if s["report"]:
+        lines.append(f"report:  {s['report']}")
+    notes = s["notes"]
+    if notes:
+        more = len(notes) - NOTES_SHOWN
+        lines.append("notes:" + (f" (the last {NOTES_SHOWN} of {len(notes)})" if more > 0 else ""))
+        lines += [f"  {n}" for n in notes[-NOTES_SHOWN:]]
+    return "\n".join(lines)
