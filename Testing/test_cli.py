@@ -105,6 +105,14 @@ def test_export_job_labels_to_nnunet(cli_job, tmp_path):
     assert r.returncode == 2 and "not empty" in r.stderr
 
 
+def test_output_into_a_closed_pipe_ends_quietly():
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "AnnotationEfficientSeg"))
+    p = subprocess.Popen([sys.executable, "-m", "aeseg", "methods"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before the command writes (as ``aeseg methods | head -0``)
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 1 and "Traceback" not in err, err
+
+
 def test_demo_help_and_devices():
     assert "phantom" in aeseg("demo", "--help").stdout
     info = json.loads(aeseg("devices", "--json").stdout)

@@ -165,6 +165,7 @@ def test_status_reads_a_running_job_from_its_folder(tmp_path):
     assert (s["best_val_dice"], s["best_epoch"]) == (0.61, 1)
     assert s["fraction"] == pytest.approx(2.5 / 4) and not s["checkpoint"]
     text = format_status(s)
+    assert "status:  running — Epoch 3/4 · step 5/10" in text
     assert "ETA 1 min 10 s" in text and "--resume" not in text  # no checkpoint yet: nothing to resume
     assert f"note {NOTES_SHOWN + 1}" in text and "note 1\n" not in text and "note 0" not in text
     (job / "checkpoints" / "last.pt").write_bytes(b"x")

@@ -60,7 +60,8 @@ def job_status(job_dir: str | Path, now: float | None = None) -> dict[str, Any]:
 
 def format_status(s: dict[str, Any]) -> str:
     """The dict of :func:`job_status` as lines for a terminal."""
-    lines = [f"job:     {s['job']}", f"method:  {s['method']} on {s['cohort']}", f"status:  {s['summary']}"]
+    summary = f"running — {s['summary']}" if s["status"] == RUNNING else s["summary"]
+    lines = [f"job:     {s['job']}", f"method:  {s['method']} on {s['cohort']}", f"status:  {summary}"]
     if s["last_event_age_s"] is not None:
         lines.append(f"last event: {format_duration(s['last_event_age_s'])} ago")
     if s["best_val_dice"] is not None:
