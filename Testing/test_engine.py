@@ -156,6 +156,7 @@ def test_status_reads_a_running_job_from_its_folder(tmp_path):
               {"type": "epoch", "time": 950.0, "epoch": 1, "epochs": 4, "val_dice": 0.61},
               {"type": "epoch", "time": 980.0, "epoch": 2, "epochs": 4, "val_dice": 0.58},
               *({"type": "note", "time": 985.0, "message": f"note {i}"} for i in range(NOTES_SHOWN + 2)),
+              {"type": "artifact", "time": "?", "path": "maps", "kind": "maps"},  # a bad time is skipped
               {"type": "progress", "time": 1000.0, "epoch": 3, "epochs": 4, "step": 5, "steps": 10,
                "losses": {"loss": 0.4}, "eta_s": 100.0}]
     (job / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + '{"type": "prog')  # being written

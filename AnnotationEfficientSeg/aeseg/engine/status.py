@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import JobError
+from ..io.values import number
 from .progress import DONE, EVENTS_FILE, RUNNING, EventTail, ProgressState, format_duration
 
 NOTES_SHOWN = 5
@@ -30,9 +31,10 @@ def job_status(job_dir: str | Path, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     events = EventTail(root / EVENTS_FILE).read_new(final=True)
     state = ProgressState()
-    for ev in events:  # the events' own wall-clock times, so that the ETA counts down to ``now``
-        state.apply(ev, now=float(ev.get("time", now)))
-    last = max((float(e["time"]) for e in events if isinstance(e.get("time"), (int, float))), default=None)
+    times = [number(ev.get("time")) for ev in events]
+    for ev, t in zip(events, times):  # the events' own wall-clock times, so that the ETA counts down to ``now``
+        state.apply(ev, now=now if t is None else t)
+    last = max((t for t in times if t is not None), default=None)
     vals = [(h["epoch"], h["val_dice"]) for h in state.history if "val_dice" in h]
     best = max(vals, key=lambda ev: ev[1]) if vals else None
     checkpoint = root / "checkpoints" / "last.pt"
