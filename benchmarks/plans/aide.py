@@ -221,6 +221,10 @@ overhead on Python calls: setting the ``training`` flags from a cached module li
 of ``net.train``, timed against it in one process over 7 interleaved rounds, gave 2.51
 against 2.37 (paired difference −0.02); not kept. Two networks' forward and backward
 passes are the floor of about 2.3 with one extra view each.
+Oracle selection (session 19, scratch, not kept): each network's clean half chosen by the
+true Dice of its label set's slices instead of by its loss, mid noise, phantom 0, 6 seeds:
+0.727 (0.751 / 0.759 / 0.790 / 0.709 / 0.612 / 0.738), noisy baseline 0.668, oracle 0.832:
+36 %, below the plan's 44 %. A perfect selection does not close the gap.
 """
 
 from harness import Plan, Variant
