@@ -175,6 +175,9 @@ def test_status_reads_a_running_job_from_its_folder(tmp_path):
     assert f"aeseg train --resume {job.resolve()}" in text and "cancel requested" in text
     with pytest.raises(JobError, match="not a job folder"):
         job_status(tmp_path)
+    (job / "job.json").write_bytes(b"\xff{")  # neither UTF-8 nor JSON: one clear error, not a traceback
+    with pytest.raises(JobError, match="unreadable"):
+        job_status(job)
 
 
 def test_task_standardization_runs_as_a_sub_job(tiny_cohort, tmp_path, capsys):

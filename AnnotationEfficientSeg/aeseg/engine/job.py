@@ -96,7 +96,7 @@ class JobFolder:
             raise JobError(f"{self.root}: not a job folder (no job.json)")
         try:
             return json.loads(self.job_json.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise JobError(f"{self.job_json}: unreadable ({e})") from None
 
     def cancel_requested(self) -> bool:

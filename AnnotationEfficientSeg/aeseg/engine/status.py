@@ -1,17 +1,16 @@
 """``aeseg status JOB``: where a job stands, read from its folder alone (``job.json``,
 ``events.jsonl``, the checkpoint and cancel files), so that a run started elsewhere (with
 ``nohup``, on a cluster node, by the Slicer module) can be checked from any shell.
-Standard library only."""
+The folder's layout is :class:`.job.JobFolder`'s; it is only read here."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import JobError
 from ..io.values import number
+from .job import JobFolder, validate_job_path
 from .progress import DONE, EVENTS_FILE, RUNNING, EventTail, ProgressState, format_duration
 
 NOTES_SHOWN = 5
@@ -20,16 +19,10 @@ NOTES_SHOWN = 5
 def job_status(job_dir: str | Path, now: float | None = None) -> dict[str, Any]:
     """The state of the job in ``job_dir`` as a JSON-ready dict. ``now``: wall-clock time
     the ETA and the age of the last event are counted to (default: the current time)."""
-    root = Path(job_dir).expanduser().resolve()
-    meta_path = root / "job.json"
-    if not meta_path.is_file():
-        raise JobError(f"{root}: not a job folder (no job.json)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise JobError(f"{meta_path}: unreadable ({e})") from e
+    job = JobFolder(validate_job_path(job_dir), writer=False)
+    meta = job.read_meta()
     now = time.time() if now is None else now
-    events = EventTail(root / EVENTS_FILE).read_new(final=True)
+    events = EventTail(job.root / EVENTS_FILE).read_new(final=True)
     state = ProgressState()
     times = [number(ev.get("time")) for ev in events]
     for ev, t in zip(events, times):  # the events' own wall-clock times, so that the ETA counts down to ``now``
@@ -37,9 +30,9 @@ def job_status(job_dir: str | Path, now: float | None = None) -> dict[str, Any]:
     last = max((t for t in times if t is not None), default=None)
     vals = [(h["epoch"], h["val_dice"]) for h in state.history if "val_dice" in h]
     best = max(vals, key=lambda ev: ev[1]) if vals else None
-    checkpoint = root / "checkpoints" / "last.pt"
+    report = job.report_dir / "report.html"
     return {
-        "job": str(root),
+        "job": str(job.root),
         "method": meta.get("method"),
         "cohort": meta.get("cohort"),
         "status": state.status if events else "not started",
@@ -54,9 +47,9 @@ def job_status(job_dir: str | Path, now: float | None = None) -> dict[str, Any]:
         "best_epoch": None if best is None else best[0],
         "message": state.message,
         "notes": [str(e.get("message", "")) for e in events if e.get("type") == "note"],
-        "checkpoint": checkpoint.is_file(),
-        "cancel_requested": (root / "cancel").exists(),
-        "report": str(root / "report" / "report.html") if (root / "report" / "report.html").is_file() else None,
+        "checkpoint": (job.checkpoints / "last.pt").is_file(),
+        "cancel_requested": job.cancel_requested(),
+        "report": str(report) if report.is_file() else None,
     }
 
 
