@@ -137,6 +137,29 @@ def test_refined_label_counts_as_clean(tmp_path):
     assert c.label_kind == "clean" and c.refined and c.noisy_label is not None
 
 
+def test_cohort_csv_reads_refined_and_truth_like_the_folders(tmp_path):
+    """With a cohort.csv, a corrected label in refined/ counts as clean in any label format
+    (one fixed in another editor and saved as NIfTI, not only Slicer's .seg.nrrd), truth/ is
+    matched by case id, and a refined label for a case the CSV does not list is a problem."""
+    one = np.zeros((4, 4), np.uint8)
+    one[1, 1] = 1
+    for cid in ("a", "b"):
+        write_img(tmp_path / "images" / f"{cid}.nrrd", one)
+        write_img(tmp_path / "noisy" / f"{cid}.nrrd", one)
+    write_img(tmp_path / "refined" / "a.nii.gz", one)
+    write_img(tmp_path / "truth" / "b.nrrd", one)
+    (tmp_path / "cohort.csv").write_text("case,image,label,label_kind\n"
+                                         "a,images/a.nrrd,noisy/a.nrrd,noisy\nb,images/b.nrrd,noisy/b.nrrd,noisy\n")
+    co = load_cohort(tmp_path)
+    a, b = co.cases
+    assert (a.label_kind, a.refined, a.clean_label.name) == ("clean", True, "a.nii.gz")
+    assert (b.label_kind, b.refined, b.truth.name, a.truth) == ("noisy", False, "b.nrrd", None)
+    assert not co.problems
+    write_img(tmp_path / "refined" / "z.nii.gz", one)
+    msgs = [p.message for p in load_cohort(tmp_path).problems]
+    assert msgs == ["refined label for case 'z', which cohort.csv does not list"]
+
+
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(CohortError, match="not found"):
         load_cohort(tmp_path / "nope")

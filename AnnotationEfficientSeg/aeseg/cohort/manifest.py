@@ -7,7 +7,8 @@ A cohort is a folder (see README, "Cohort folder")::
       images/<case>.*  or images/<case>/ (DICOM series)  or images/{present,absent}/<case>.*
       labels/<case>.*          clean (expert) labels
       noisy_labels/<case>.*    imperfect labels
-      refined/<case>.seg.nrrd  labels a person accepted in Slicer (count as clean)
+      refined/<case>.seg.nrrd  labels a person accepted in Slicer, or fixed elsewhere in any
+                               label format (count as clean, with or without cohort.csv)
       aux_masks/*              unpaired auxiliary masks
       truth/<case>.*           evaluation-only true labels (phantoms, benchmarks)
       cohort.csv               optional: case,image,label,label_kind,presence,domain,split[,label_value]
@@ -231,7 +232,8 @@ def read_csv(root: Path) -> Cohort:
         rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
     seen: dict[str, int] = {}
     cases: list[Case] = []
-    refined = {strip_suffix(p): p for p in (root / "refined").glob("*.seg.nrrd")} if (root / "refined").is_dir() else {}
+    refined = _index(root / "refined", problems, "refined/")  # any label format, as without the CSV
+    truth = _index(root / "truth", problems, "truth/")
     for i, r in enumerate(rows, start=2):
         where = f"{path}:{i}"
         cid = r.get("case", "")
@@ -278,12 +280,13 @@ def read_csv(root: Path) -> Cohort:
             c.clean_label = _resolve(root, label)
         elif kind == "noisy":
             c.noisy_label = _resolve(root, label)
-        t = root / "truth"
-        if t.is_dir():
-            c.truth = next((p for p in t.iterdir() if strip_suffix(p) == cid), None)
+        c.truth = truth.get(cid)
         if cid in refined:
             c.clean_label, c.refined = refined[cid], True
         cases.append(c)
+    for cid in sorted(set(refined) - set(seen)):
+        problems.append(Problem(str(refined[cid]), f"refined label for case '{cid}', which {path.name} does not list",
+                                f"add a row for '{cid}' to {path.name} or remove the file"))
     return Cohort(root, cases, _aux(root), problems, from_csv=True)
 
 
