@@ -76,6 +76,39 @@ def test_predict_writes_original_geometry(cli_job, tiny_cohort, tmp_path):
     np.testing.assert_array_equal(a, c)
 
 
+def test_predict_checks_every_input_before_writing(cli_job, tiny_cohort, tmp_path):
+    import shutil
+
+    from aeseg.engine.predict import predict_images
+    from aeseg.errors import AesegError
+
+    img = next(c.image for c in load_cohort(tiny_cohort).cases if c.split == "test")
+    out = tmp_path / "out"
+    twins = [tmp_path / d / img.name for d in ("a", "b")]
+    for t in twins:
+        t.parent.mkdir()
+        shutil.copy(img, t)
+    (tmp_path / "notes.txt").write_text("not an image")
+    bad = {"file not found": [img, tmp_path / "missing.nrrd"],
+           "not an image file": [img, tmp_path / "notes.txt"],
+           "would both be written to": twins}
+    for message, inputs in bad.items():
+        with pytest.raises(AesegError, match=message):
+            predict_images(cli_job, inputs, out)
+        assert not out.exists(), message
+    own = tmp_path / "a" / img.name  # predicting a folder's image into that folder in its own format
+    fmt = img.name.split(".", 1)[1]
+    with pytest.raises(AesegError, match="would overwrite the input image"):
+        predict_images(cli_job, [own], own.parent, fmt=fmt)
+    assert sorted(p.name for p in own.parent.iterdir()) == [img.name]
+    # an image that exists but cannot be read: the ones before it stay written and are listed
+    (tmp_path / "broken.nrrd").write_text("NRRD0004\ntruncated")
+    r = aeseg("predict", "--model", cli_job, img, tmp_path / "broken.nrrd", "--out", out, check=False)
+    first = out / (img.name.split(".")[0] + ".seg.nrrd")
+    assert r.returncode == 2 and "1 of 2 predictions written" in r.stderr, r.stderr
+    assert r.stdout.split() == [str(first)] and first.is_file()
+
+
 def test_evaluate_against_truth(cli_job, tiny_cohort, tmp_path):
     co = load_cohort(tiny_cohort)
     pred, ref = tmp_path / "p", tmp_path / "r"

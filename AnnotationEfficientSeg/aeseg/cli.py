@@ -167,9 +167,10 @@ def cmd_train(args) -> int:
 def cmd_predict(args) -> int:
     from .engine.predict import predict_images
 
-    paths = predict_images(args.model, args.images, args.out, args.format, args.device)
-    for p in paths:
-        print(p)
+    def written(p):  # each output as it is written, so an interrupted run leaves a list
+        print(p, flush=True)
+
+    predict_images(args.model, args.images, args.out, args.format, args.device, on_written=written)
     return 0
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ..cohort.manifest import Case
-from ..cohort.reading import strip_suffix
+from ..cohort.reading import image_suffix, strip_suffix
 from ..data.dataset import CohortData, build_slice_set
 from ..errors import AesegError, JobError
 from ..io.segmentation import write_segmentation
@@ -48,20 +49,64 @@ def load_model(path: str | os.PathLike, device: str = "auto"):
     return method, cfg, dev
 
 
-def predict_images(model: str | os.PathLike, images: list[str | os.PathLike], out_dir: str | os.PathLike,
-                   fmt: str = "seg.nrrd", device: str = "auto") -> list[Path]:
-    if fmt not in ("seg.nrrd", "nii.gz", "nrrd", "mha"):
-        raise AesegError(f"unknown output format '{fmt}'; use seg.nrrd, nii.gz, nrrd or mha")
-    method, cfg, dev = load_model(model, device)
-    out = Path(out_dir)
-    written = []
+FORMATS = ("seg.nrrd", "nii.gz", "nrrd", "mha")
+
+
+def plan_outputs(images: list[str | os.PathLike], out_dir: str | os.PathLike, fmt: str) -> list[tuple[Case, Path]]:
+    """(case, output file) for every input, checked before the model is loaded or anything
+    is written: each input exists and is an image file or a folder (a DICOM series), no two
+    inputs give the same output name (``a/x.nii.gz`` and ``b/x.nrrd`` would overwrite each
+    other) and no output would overwrite an input."""
+    if fmt not in FORMATS:
+        raise AesegError(f"unknown output format '{fmt}'; use {', '.join(FORMATS)}")
+    if not images:
+        raise AesegError("no images given")
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise AesegError(f"{out}: exists and is not a folder; give --out a folder")
+    plan: list[tuple[Case, Path]] = []
+    by_dest: dict[Path, Path] = {}
+    inputs = {Path(i).expanduser().resolve() for i in images}
     for img in images:
-        p = Path(img)
+        p = Path(img).expanduser()
+        if not p.exists():
+            raise AesegError(f"{p}: file not found; nothing was written")
+        if p.is_file() and image_suffix(p) in (None, ".seg.nrrd"):
+            raise AesegError(f"{p}: not an image file (.nii.gz, .nii, .nrrd, .mha, .mhd, .png, .jpg, .tif, .dcm "
+                             "or a DICOM folder); nothing was written")
         case = Case(strip_suffix(p), p)
-        s = build_slice_set([case], cfg.data)
+        dest = out / f"{case.case_id}.{fmt}"
+        key = dest.resolve()
+        if key in by_dest:
+            raise AesegError(f"{by_dest[key]} and {p} would both be written to {dest}; "
+                             "rename one or predict them into different folders; nothing was written")
+        if key in inputs:
+            raise AesegError(f"{dest} would overwrite the input image; choose another --out or --format; nothing was written")
+        by_dest[key] = p
+        plan.append((case, dest))
+    return plan
+
+
+def predict_images(model: str | os.PathLike, images: list[str | os.PathLike], out_dir: str | os.PathLike,
+                   fmt: str = "seg.nrrd", device: str = "auto",
+                   on_written: Callable[[Path], None] | None = None) -> list[Path]:
+    """Predict each image with the model of a finished job and write the mask on the
+    image's own grid. Inputs are checked first (:func:`plan_outputs`); ``on_written`` is
+    called with each output as it is written, so a caller can show progress and, if an
+    image fails to read part-way, what was already written (the error says how many)."""
+    plan = plan_outputs(images, out_dir, fmt)
+    method, cfg, dev = load_model(model, device)
+    written: list[Path] = []
+    for case, dest in plan:
+        try:
+            s = build_slice_set([case], cfg.data)
+        except AesegError as e:
+            done = f"{len(written)} of {len(plan)} predictions written to {Path(out_dir)}" if written else "nothing was written"
+            raise type(e)(f"{e} ({done})") from None
         rec = s.records[0]
         prob = predict_case(method, s, rec, cfg.data.axis, dev)
-        dest = out / f"{case.case_id}.{fmt}"
         write_segmentation(dest, prob > 0.5, rec.geometry, name="Prediction")
         written.append(dest)
+        if on_written is not None:
+            on_written(dest)
     return written
