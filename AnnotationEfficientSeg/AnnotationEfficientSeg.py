@@ -270,8 +270,7 @@ class AnnotationEfficientSegWidget(ScriptedLoadableModuleWidget, VTKObservationM
             row = self.panel.queue.row(case) if self.panel.queue else None
             result = self.logic.acceptCase(cohort, case, jobDir=self.panel.job_dir, row=row)
             self.panel.mark_reviewed(case, result.path)
-            kept = f" (earlier version kept in refined/history/{result.previous.name})" if result.previous else ""
-            self.panel.show_message(f"Accepted {case} → {result.path}{kept}", "ok")
+            self.panel.show_message(result.message(case), "ok")
 
     def onJobFinished(self, status: str) -> None:
         if status == "error" and self.panel.watcher is not None:

@@ -104,3 +104,52 @@ def test_2d_mask_and_invalid_input(tmp_path):
         with pytest.raises(ValueError, match="case name"):
             write_refined(tmp_path, bad, mask2d, m)
     assert not refined_path(tmp_path, "x").exists()
+
+
+def test_a_hand_placed_refined_label_in_another_format_moves_to_history(tmp_path):
+    """Accepting a case whose refined label was put in refined/ by hand as NIfTI (or .mhd + .raw)
+    leaves one refined label per case: the old files move, unchanged and still readable, to history."""
+    import SimpleITK as sitk
+
+    from aeseg.cohort.manifest import discover
+
+    img = sitk.GetImageFromArray(np.zeros((5, 12, 10), np.float32))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "refined").mkdir()
+    hand = np.zeros((5, 12, 10), np.uint8)
+    hand[2, 3:6, 3:6] = 1
+    for case in ("c1", "c2", "c10"):
+        sitk.WriteImage(img, str(tmp_path / "images" / f"{case}.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(hand), str(tmp_path / "refined" / "c1.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(hand), str(tmp_path / "refined" / "c2.mhd"))  # + c2.raw
+    sitk.WriteImage(sitk.GetImageFromArray(hand), str(tmp_path / "refined" / "c10.nii.gz"))
+    assert (tmp_path / "refined" / "c2.raw").is_file()
+
+    r1 = write_refined(tmp_path, "c1", _mask(), _geometry())
+    r2 = write_refined(tmp_path, "c2", _mask(), _geometry())
+    # one refined label per case, no cohort problem, the new file is the case's clean label
+    cohort = discover(tmp_path)
+    assert cohort.problems == []
+    assert cohort.case("c1").clean_label == r1.path and cohort.case("c2").clean_label == r2.path
+    assert cohort.case("c10").clean_label == tmp_path / "refined" / "c10.nii.gz"  # another case: untouched
+    assert sorted(p.name for p in (tmp_path / "refined").iterdir()) == [
+        "c1.seg.nrrd", "c10.nii.gz", "c2.seg.nrrd", "history"]
+    # the old files are kept unchanged, the .mhd with its data file, and still read
+    assert r1.previous is None and r2.previous is None
+    assert sorted(p.name for p in r2.set_aside.iterdir()) == ["c2.mhd", "c2.raw"]
+    for kept in (r1.set_aside / "c1.nii.gz", r2.set_aside / "c2.mhd"):
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(kept))), hand)
+    assert history_paths(tmp_path, "c1") == [r1.set_aside] and history_paths(tmp_path, "c10") == []
+    assert "c2.mhd, c2.raw moved to refined/history/" in r2.message("c2")
+
+    # accepting again keeps the .seg.nrrd as before, after the folder in history order
+    time.sleep(0.002)
+    r3 = write_refined(tmp_path, "c1", _mask(box=(0, 2, 0, 2, 0, 2)), _geometry())
+    assert r3.set_aside is None and history_paths(tmp_path, "c1") == [r1.set_aside, r3.previous]
+    assert "earlier version kept in refined/history/c1." in r3.message("c1")
+
+
+def test_history_of_one_case_does_not_take_a_case_whose_name_extends_it(tmp_path):
+    write_refined(tmp_path, "c1.x", _mask(), _geometry())
+    write_refined(tmp_path, "c1.x", _mask(), _geometry())
+    assert history_paths(tmp_path, "c1") == [] and len(history_paths(tmp_path, "c1.x")) == 1

@@ -17,27 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import CohortError
-
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
-SINGLE_FILE_2D = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-
-
-def image_suffix(path: str | os.PathLike) -> str | None:
-    """The image suffix of ``path`` (``.nii.gz`` counts as one), or None if not an image."""
-    name = Path(path).name.lower()
-    if name.endswith(".seg.nrrd"):
-        return ".seg.nrrd"
-    for s in IMAGE_SUFFIXES:
-        if name.endswith(s):
-            return s
-    return None
-
-
-def strip_suffix(path: str | os.PathLike) -> str:
-    """File name without its image suffix: ``case01.nii.gz`` → ``case01``."""
-    name = Path(path).name
-    s = image_suffix(name)
-    return name[: -len(s)] if s else name
+from ..io.names import IMAGE_SUFFIXES, SINGLE_FILE_2D, image_suffix, strip_suffix  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
