@@ -9,7 +9,8 @@ config schema (``forms``), background processes and cancel (``process``), progre
 
 What is here: the module/widget/logic/test classes, the parameter node, installing the
 Python dependencies on first use, and the MRML side of reviewing a case (volume and
-segmentation nodes, per-pixel map overlays, Segment Editor hand-off, Accept).
+segmentation nodes, per-pixel map overlays, Segment Editor hand-off, Accept) and of
+applying a job's model to the shown volume (writing the volume, loading the result).
 """
 
 import hashlib
@@ -126,6 +127,8 @@ class AnnotationEfficientSegWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.panel.editRequested.connect(self.onEdit)
         self.panel.stateChanged.connect(self.onPanelStateChanged)
         self.panel.jobFinished.connect(self.onJobFinished)
+        self.panel.volume_to_predict = self.logic.writeShownVolume
+        self.panel.predictionReady.connect(self.onPredictionReady)
         self.ui.installDependenciesButton.clicked.connect(self.onInstallDependencies)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -272,6 +275,10 @@ class AnnotationEfficientSegWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self.panel.mark_reviewed(case, result.path)
             self.panel.show_message(result.message(case), "ok")
 
+    def onPredictionReady(self, path: str, volumeName: str) -> None:
+        with slicer.util.tryWithErrorDisplay(f"Failed to load the segmentation of {volumeName}.", waitCursor=True):
+            self.logic.loadPrediction(path, volumeName)
+
     def onJobFinished(self, status: str) -> None:
         if status == "error" and self.panel.watcher is not None:
             slicer.util.errorDisplay("Training failed: " + (self.panel.watcher.state.message or "unknown error")
@@ -288,7 +295,8 @@ class DependencyDeclined(Exception):
 
 
 class AnnotationEfficientSegLogic(ScriptedLoadableModuleLogic):
-    """MRML side of reviewing: loading a case, map overlays, the Segment Editor, accepting a correction.
+    """MRML side of reviewing: loading a case, map overlays, the Segment Editor, accepting a correction,
+    writing the shown volume for a model and loading its segmentation.
 
     Usable without the widget (see the test below)."""
 
@@ -300,6 +308,7 @@ class AnnotationEfficientSegLogic(ScriptedLoadableModuleLogic):
         self.segmentationNode = None
         self.mapNode = None
         self._correctedDigest = None
+        self.predictedVolumeId = None  # the volume writeShownVolume wrote last
 
     def getParameterNode(self):
         return AnnotationEfficientSegParameterNode(super().getParameterNode())
@@ -576,6 +585,48 @@ class AnnotationEfficientSegLogic(ScriptedLoadableModuleLogic):
         return result
 
 
+    # -- applying a job's model
+
+    @staticmethod
+    def shownVolume():
+        """The volume in the red slice view's background, else the active volume; None if neither."""
+        volumeId = None
+        layoutManager = slicer.app.layoutManager()
+        red = layoutManager.sliceWidget("Red") if layoutManager else None
+        if red is not None:
+            volumeId = red.sliceLogic().GetSliceCompositeNode().GetBackgroundVolumeID()
+        if not volumeId:
+            volumeId = slicer.app.applicationLogic().GetSelectionNode().GetActiveVolumeID()
+        node = slicer.mrmlScene.GetNodeByID(volumeId) if volumeId else None
+        if node is None or not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode"):
+            return None
+        return node
+
+    def writeShownVolume(self, folder) -> tuple:
+        """Write the shown volume with its geometry as ``folder/volume.nrrd`` for ``aeseg predict``.
+
+        Returns (file, volume name). The node keeps its own storage (``sitkUtils`` copies the voxels)."""
+        import SimpleITK as sitk
+        import sitkUtils
+
+        node = self.shownVolume()
+        if node is None:
+            raise ValueError("show a volume in the slice views first")
+        path = os.path.join(str(folder), "volume.nrrd")
+        sitk.WriteImage(sitkUtils.PullVolumeFromSlicer(node), path, True)
+        self.predictedVolumeId = node.GetID()
+        return path, node.GetName()
+
+    def loadPrediction(self, path: str, volumeName: str):
+        """Load ``aeseg predict``'s segmentation over the volume it was computed from, ready to edit."""
+        segNode = slicer.util.loadSegmentation(path, {"name": slicer.mrmlScene.GenerateUniqueName(f"{volumeName} model")})
+        volumeNode = slicer.mrmlScene.GetNodeByID(self.predictedVolumeId) if self.predictedVolumeId else None
+        if volumeNode is not None:
+            segNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        segNode.CreateDefaultDisplayNodes()
+        return segNode
+
+
 def _sameGrid(a, b) -> bool:
     ma, mb = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
     a.GetIJKToRASMatrix(ma)
@@ -719,6 +770,22 @@ class AnnotationEfficientSegTest(ScriptedLoadableModuleTest):
             self.assertEqual(len(aerefined.history_paths(cohort, "case02")), 1)
             mask, _, _ = aerefined.read_refined(second.path)
             self.assertEqual(int(mask.sum()), int(logic.correctedMask().sum()))
+
+        self.delayDisplay("Writing the shown volume for a model, loading a segmentation over it")
+        import SimpleITK as sitk
+
+        slicer.util.setSliceViewerLayers(background=volumeNode2, fit=True)
+        folder = slicer.util.tempDirectory()
+        path, name = logic.writeShownVolume(folder)
+        self.assertEqual(name, volumeNode2.GetName())
+        written = sitk.ReadImage(path)
+        original = sitk.ReadImage(os.path.join(cohort, "images", "case02.nrrd"))
+        self.assertTrue(np.allclose(written.GetSpacing(), original.GetSpacing())
+                        and np.allclose(written.GetOrigin(), original.GetOrigin()))
+        self.assertTrue(np.array_equal(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(original)))
+        predicted = logic.loadPrediction(os.path.join(job, "pseudo_labels", "case02.seg.nrrd"), name)
+        self.assertEqual(predicted.GetSegmentation().GetNumberOfSegments(), 1)
+        self.assertTrue(predicted.GetName().startswith(name))
 
         self.delayDisplay("The panel (PythonQt) opens the job")
         widget = slicer.modules.annotationefficientseg.widgetRepresentation().self()

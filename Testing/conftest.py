@@ -4,6 +4,7 @@ goes on sys.path, as it does inside 3D Slicer."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,3 +49,22 @@ def snapshot(folder):
     """Every file below ``folder`` with its size and mtime: to prove nothing was written."""
     folder = Path(folder)
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def aeseg(*args, check=True):
+    """``python -m aeseg ARGS`` in a subprocess, as the Slicer module and users run it."""
+    env = dict(os.environ, PYTHONPATH=str(MODULE_DIR), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "aeseg", *map(str, args)], env=env, capture_output=True, text=True,
+                       timeout=600)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+@pytest.fixture(scope="session")
+def cli_job(tiny_cohort, tmp_path_factory):
+    """A finished supervised job (2 epochs, tiny U-Net) on ``tiny_cohort``, trained through the CLI."""
+    job = tmp_path_factory.mktemp("cli") / "job"
+    aeseg("train", tiny_cohort, "--method", "supervised", "--labels", "all", "--out", job, "--epochs", "2",
+          "--no-progress", "--set", "data.size=32", "--set", "features=8", "--set", "depth=3")
+    return job

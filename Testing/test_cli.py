@@ -14,46 +14,9 @@ import slicerio
 
 from aeseg.cohort import load_cohort, read_image, read_label
 
+from conftest import aeseg
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def aeseg(*args, check=True):
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "AnnotationEfficientSeg"), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "aeseg", *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
-    if check:
-        assert r.returncode == 0, r.stderr
-    return r
-
-
-@pytest.fixture(scope="module")
-def cli_job(tiny_cohort, tmp_path_factory):
-    job = tmp_path_factory.mktemp("cli") / "job"
-    aeseg("train", tiny_cohort, "--method", "supervised", "--labels", "all", "--out", job, "--epochs", "2",
-          "--no-progress", "--set", "data.size=32", "--set", "features=8", "--set", "depth=3")
-    return job
-
-
-def test_methods_json_describes_config_forms():
-    data = json.loads(aeseg("methods", "--json").stdout)
-    by = {m["name"]: m for m in data}
-    assert {"supervised", "mean_teacher"} <= set(by)
-    fields = {f["name"]: f for f in by["supervised"]["config"]}
-    assert fields["labels"]["type"] == "choice" and fields["labels"]["choices"] == ["clean", "all"]
-    assert fields["lr"]["type"] == "float" and fields["lr"]["default"] == 1e-3
-    assert fields["features"]["type"] == "int" and fields["features"]["min"] == 4
-
-
-def test_user_errors_are_one_line(tmp_path):
-    r = aeseg("validate", tmp_path / "missing", check=False)
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "not found" in r.stderr
-    assert "Traceback" not in r.stderr
-    r = aeseg("train", tmp_path, "--method", "nope", "--out", tmp_path / "j", check=False)
-    assert r.returncode == 2 and "unknown method 'nope'" in r.stderr
-    r = aeseg("train", tmp_path, "--set", "epochz=3", "--out", tmp_path / "j", check=False)
-    assert r.returncode == 2 and "unknown option 'epochz'" in r.stderr
-    assert not (tmp_path / "j").exists()
-    r = aeseg("--debug", "validate", tmp_path / "missing", check=False)
-    assert "Traceback" in r.stderr
 
 
 def test_predict_writes_original_geometry(cli_job, tiny_cohort, tmp_path):
@@ -107,6 +70,32 @@ def test_predict_checks_every_input_before_writing(cli_job, tiny_cohort, tmp_pat
     first = out / (img.name.split(".")[0] + ".seg.nrrd")
     assert r.returncode == 2 and "1 of 2 predictions written" in r.stderr, r.stderr
     assert r.stdout.split() == [str(first)] and first.is_file()
+
+
+def test_a_damaged_model_is_one_clear_error_with_nothing_written(cli_job, tiny_cohort, tmp_path):
+    import shutil
+
+    from aeseg.engine.predict import predict_images
+    from aeseg.errors import JobError
+
+    img = next(c.image for c in load_cohort(tiny_cohort).cases if c.split == "test")
+    for name, damage, says in (("model.pt", b"not a model", "model.pt: not a model of this supervised job"),
+                               ("model.json", b"{\"method\": ", "model.json: unreadable")):
+        job = tmp_path / name
+        shutil.copytree(cli_job / "model", job / "model")
+        (job / "model" / name).write_bytes(damage)
+        with pytest.raises(JobError, match=says):
+            predict_images(job, [img], tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+    # weights of another network than model.json describes
+    job = tmp_path / "other"
+    shutil.copytree(cli_job / "model", job / "model")
+    spec = json.loads((job / "model" / "model.json").read_text())
+    spec["config"]["method"]["features"] *= 2
+    (job / "model" / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(JobError, match="weights do not fit the network model.json describes"):
+        predict_images(job, [img], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_evaluate_against_truth(cli_job, tiny_cohort, tmp_path):

@@ -493,3 +493,54 @@ def test_panel_renders_offscreen_to_png(app, panel, cohort, tmp_path):
         dest = ROOT / "Resources" / "Screenshots" / "panel.png"
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(png, dest)
+
+
+def test_apply_the_model_of_a_real_job_to_the_shown_volume(app, cli_job, tiny_cohort, tmp_path):
+    """Against the real core: the shown volume is segmented by the open job's model in the
+    background, the segmentation is handed to the module, and the working folder goes."""
+    import numpy as np
+
+    from aeseg.cohort import load_cohort, read_image, read_label
+
+    logs = tmp_path / "logs"
+    p = Panel(python=sys.executable, python_path=[str(ROOT / "AnnotationEfficientSeg")], log_dir=logs, poll_ms=20)
+    try:
+        assert not p.ui.applyModelButton.isEnabled()
+        assert not p.apply_model() and "Open a finished job first" in p.ui.messageLabel.text()
+        assert p.open_job(cli_job) and p.ui.applyModelButton.isEnabled()
+        # outside Slicer nothing is shown: a clear message and no working folder left behind
+        assert not p.apply_model() and "no volume to segment" in p.ui.messageLabel.text()
+        assert list(logs.glob("predict-*")) == []
+
+        image = next(c.image for c in load_cohort(tiny_cohort).cases if c.split == "test")
+        case = image.name.split(".")[0]
+
+        def shown(folder):
+            shutil.copy(image, folder / image.name)
+            return str(folder / image.name), "CT one"
+
+        p.volume_to_predict = shown
+        ready = []
+        p.predictionReady.connect(lambda path, name: ready.append((path, name, read_label(path))))
+        assert p.apply_model()
+        assert not p.ui.applyModelButton.isEnabled()  # one at a time
+        assert wait_until(app, lambda: ready, timeout=180), p.ui.messageLabel.text()
+        path, name, (mask, geometry) = ready[0]
+        assert name == "CT one" and "Segmented CT one" in p.ui.messageLabel.text()
+        np.testing.assert_allclose(geometry.ijk_to_lps(), read_image(image).geometry.ijk_to_lps(), atol=1e-4)
+        own, _ = read_label(cli_job / "pseudo_labels" / f"{case}.seg.nrrd")  # the job's prediction of the case
+        np.testing.assert_array_equal(mask, own)
+        assert not Path(path).exists() and list(logs.glob("predict-*")) == []
+        assert p.ui.applyModelButton.isEnabled()
+
+        # a broken model: the command's error is shown, nothing is handed over
+        broken = tmp_path / "broken"
+        shutil.copytree(cli_job, broken)
+        (broken / "model" / "model.pt").write_bytes(b"not a model")
+        assert p.open_job(broken) and p.apply_model()
+        assert wait_until(app, lambda: "Applying the model failed" in p.ui.messageLabel.text(), timeout=180)
+        assert "model.pt: not a model of this supervised job" in p.ui.messageLabel.text()
+        assert len(ready) == 1 and list(logs.glob("predict-*")) == []
+    finally:
+        p.shutdown()
+        p.root.deleteLater()

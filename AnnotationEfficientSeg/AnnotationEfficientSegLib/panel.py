@@ -1,4 +1,4 @@
-"""The module panel without MRML: cohort, method, training, review queue and export.
+"""The module panel without MRML: cohort, method, training, review queue, export, applying a model.
 
 :class:`Panel` drives the widgets of ``Resources/UI/AnnotationEfficientSeg.ui`` (loaded by
 Slicer's ``loadUI`` inside Slicer, by QUiLoader in tests). Every ``aeseg`` command runs as
@@ -7,7 +7,9 @@ calling ``processEvents``.
 
 The Slicer module adds what needs MRML by connecting to the panel's signals
 (:attr:`Panel.caseSelected`, :attr:`Panel.mapSelected`, :attr:`Panel.acceptRequested`,
-:attr:`Panel.editRequested`) and by setting :attr:`Panel.preflight` (dependency install).
+:attr:`Panel.editRequested`, :attr:`Panel.predictionReady`) and by setting
+:attr:`Panel.preflight` (dependency install) and :attr:`Panel.volume_to_predict` (writes
+the shown volume to a file for ``aeseg predict``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import html
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -107,6 +110,9 @@ class Panel:
         self.preflight: Callable[[str], bool] = lambda action: True
         # opens a local file in the desktop's default application (the report in a web browser)
         self.open_url: Callable[[str], bool] = lambda path: bool(q.QDesktopServices.openUrl(q.QUrl.fromLocalFile(path)))
+        # writes the volume to segment into the given folder and returns (image file, its display name);
+        # raises ValueError with what the user should do when there is nothing to segment
+        self.volume_to_predict: Callable[[Path], tuple[str, str]] = _no_volume
         self.caseSelected = q.PySignal()  # (CaseFiles, ReviewRow)
         self.mapSelected = q.PySignal()  # (case, map name or None, path or None)
         self.acceptRequested = q.PySignal()  # (case)
@@ -114,6 +120,7 @@ class Panel:
         self.jobFinished = q.PySignal()  # (status)
         self.stateChanged = q.PySignal()  # method, device or config changed
         self.messageShown = q.PySignal()  # (text, level)
+        self.predictionReady = q.PySignal()  # (segmentation file, volume name): load it, then it is deleted
 
         self.timer = q.QTimer()
         self.timer.setInterval(int(poll_ms))
@@ -166,6 +173,7 @@ class Panel:
         ui.mapComboBox.currentIndexChanged.connect(lambda *a: self._on_map_changed())
         ui.retrainButton.clicked.connect(lambda *a: self.retrain())
         ui.exportButton.clicked.connect(lambda *a: self.export())
+        ui.applyModelButton.clicked.connect(lambda *a: self.apply_model())
         ui.cohortPathLineEdit.textChanged.connect(lambda *a: (self._maybe_suggest_output(), self._update_buttons()))
         ui.exportLabelsComboBox.currentIndexChanged.connect(lambda *a: self._update_buttons())
 
@@ -1062,6 +1070,62 @@ class Panel:
         self.run_async(cmd[3:], done, "export", json_output=False)
         return True
 
+    # ------------------------------------------------------------------ applying the model
+
+    def model_dir(self) -> Path | None:
+        """The open job's ``model/`` folder once training has saved the model, else None."""
+        d = self.job_dir / "model" if self.job_dir is not None else None
+        return d if d is not None and (d / "model.json").is_file() and (d / "model.pt").is_file() else None
+
+    def apply_model(self) -> bool:
+        """Segment the shown volume with the open job's model (``aeseg predict`` in the background).
+
+        :attr:`volume_to_predict` writes the volume into a fresh folder under the log folder;
+        when the command has written the segmentation, :attr:`predictionReady` hands it to
+        the Slicer module to load, and the folder is deleted.
+        """
+        if self.model_dir() is None:
+            self.show_message("Open a finished job first: its model/ folder holds the model to apply.", "error")
+            return False
+        if any(n == "predict" for _, _, n in self._commands):
+            self.show_message("The model is already being applied: wait for it to finish.", "warning")
+            return False
+        if not self.preflight("predict"):
+            return False
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="predict-", dir=self.log_dir))
+        try:
+            image, name = self.volume_to_predict(work)
+        except ValueError as e:
+            shutil.rmtree(work, ignore_errors=True)
+            self.show_message(f"Cannot apply the model: {e}.", "error")
+            return False
+        job = self.job_dir
+        args = proc_lib.predict_args(job, [image], work / "prediction", device=self.selected_device())
+
+        def done(result: Any) -> None:
+            try:
+                if isinstance(result, Exception):
+                    self.show_message(f"Applying the model failed: {result}", "error")
+                elif result.returncode != 0:
+                    tail = "\n".join(result.stderr.strip().splitlines()[-5:])
+                    self.show_message(f"Applying the model failed (exit {result.returncode}): {tail}", "error")
+                else:
+                    written = [ln.strip() for ln in result.stdout.splitlines() if ln.strip()]
+                    if not written or not Path(written[-1]).is_file():
+                        self.show_message("Applying the model wrote no segmentation.", "error")
+                    else:
+                        self.predictionReady.emit(written[-1], name)
+                        self.show_message(f"Segmented {name} with the model of {job.name}.", "ok")
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+                self._update_buttons()
+
+        self.log(" ".join(proc_lib.aeseg_command(self.python, *args)))
+        self.run_async(args, done, "predict", json_output=False)
+        self._update_buttons()
+        return True
+
     # ------------------------------------------------------------------ buttons
 
     def _update_buttons(self) -> None:
@@ -1080,6 +1144,8 @@ class Panel:
         ui.retrainButton.setEnabled(self.job_dir is not None and bool(self.job) and not running)
         ui.reportButton.setEnabled(self.report_path() is not None)
         ui.exportButton.setEnabled(not any(n == "export" for _, _, n in self._commands))
+        ui.applyModelButton.setEnabled(self.model_dir() is not None
+                                       and not any(n == "predict" for _, _, n in self._commands))
         ui.resetConfigButton.setEnabled(self.form is not None)
         own_epochs = self._form_has("epochs")
         ui.epochsLabel.setVisible(not own_epochs)
@@ -1101,6 +1167,10 @@ class Panel:
     def save_screenshot(self, path: str | os.PathLike) -> None:
         """Render the panel to a PNG (works offscreen)."""
         self.root.grab().save(str(path))
+
+
+def _no_volume(folder: Path) -> tuple[str, str]:
+    raise ValueError("no volume to segment outside Slicer")
 
 
 def _unique_sibling(job_dir: Path, tag: str) -> Path:

@@ -119,6 +119,18 @@ def resume_args(job_dir: str | os.PathLike) -> list[str]:
     return ["train", "--resume", str(job_dir)]
 
 
+def predict_args(model: str | os.PathLike, images: Sequence[str | os.PathLike], out: str | os.PathLike,
+                 *, device: str | None = None, fmt: str = "seg.nrrd") -> list[str]:
+    """``predict --model JOB IMAGE... --out DIR --format F [--device D]``; the command prints
+    each written file on its own line."""
+    if not images:
+        raise ValueError("give at least one image to predict")
+    args = ["predict", "--model", str(model), *[str(i) for i in images], "--out", str(out), "--format", fmt]
+    if device:
+        args += ["--device", device]
+    return args
+
+
 EXPORT_FORMATS = ("nifti", "seg.nrrd", "nnunet")
 EXPORT_LABELS = ("refined", "pseudo_labels", "corrections")
 

@@ -33,18 +33,33 @@ def model_dir(path: str | os.PathLike) -> Path:
 def load_model(path: str | os.PathLike, device: str = "auto"):
     """(method instance in eval mode, JobConfig) for a saved model."""
     d = model_dir(path)
-    spec = json.loads((d / "model.json").read_text(encoding="utf-8"))
-    cfg = resolve_config(spec["method"], spec["config"], device=device)
+    try:
+        spec = json.loads((d / "model.json").read_text(encoding="utf-8"))
+        method_name, config, in_channels = spec["method"], spec["config"], int(spec["input"]["in_channels"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise JobError(f"{d / 'model.json'}: unreadable ({type(e).__name__}: {e}); "
+                       "retrain, or give the folder of an intact model") from e
+    cfg = resolve_config(method_name, config, device=device)
     dev = pick_device(device)
     empty = build_slice_set([], cfg.data)
-    empty.images = torch.zeros(0, int(spec["input"]["in_channels"]), cfg.data.size, cfg.data.size)
+    empty.images = torch.zeros(0, in_channels, cfg.data.size, cfg.data.size)
     data = CohortData(empty, empty, empty, cfg.data)
-    method = get_method(spec["method"])(cfg.method_config, MethodContext(device=dev, data=data, seed=0))
-    state = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
+    method = get_method(method_name)(cfg.method_config, MethodContext(device=dev, data=data, seed=0))
     from .loop import _unwrap
 
-    for k, m in method.modules().items():
-        _unwrap(m).load_state_dict(state["modules"][k])
+    fix = "retrain, or give the folder of an intact model"
+    try:
+        state = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch's own text suggests an unsafe load: not shown
+        raise JobError(f"{d / 'model.pt'}: not a model of this {method_name} job: it cannot be read as "
+                       f"saved weights ({type(e).__name__}); {fix}") from e
+    try:
+        for k, m in method.modules().items():
+            _unwrap(m).load_state_dict(state["modules"][k])
+    except (KeyError, TypeError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise JobError(f"{d / 'model.pt'}: not a model of this {method_name} job: its weights do not fit the "
+                       f"network model.json describes ({first}); {fix}") from e
     method.train_mode(False)
     return method, cfg, dev
 
