@@ -72,11 +72,11 @@ def test_predict_checks_every_input_before_writing(cli_job, tiny_cohort, tmp_pat
     assert r.stdout.split() == [str(first)] and first.is_file()
 
 
-def test_a_damaged_model_is_one_clear_error_with_nothing_written(cli_job, tiny_cohort, tmp_path):
+def test_a_damaged_model_or_an_image_it_cannot_take_is_one_clear_error_with_nothing_written(cli_job, tiny_cohort, tmp_path):
     import shutil
 
     from aeseg.engine.predict import predict_images
-    from aeseg.errors import JobError
+    from aeseg.errors import AesegError, JobError
 
     img = next(c.image for c in load_cohort(tiny_cohort).cases if c.split == "test")
     for name, damage, says in (("model.pt", b"not a model", "model.pt: not a model of this supervised job"),
@@ -87,6 +87,15 @@ def test_a_damaged_model_is_one_clear_error_with_nothing_written(cli_job, tiny_c
         with pytest.raises(JobError, match=says):
             predict_images(job, [img], tmp_path / "out")
         assert not (tmp_path / "out").exists()
+    # a colour image for a model of grey images: found from the header, before anything is written
+    import SimpleITK as sitk
+
+    rgb = tmp_path / "rgb.png"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((20, 24, 3), np.uint8), isVector=True), str(rgb))
+    with pytest.raises(AesegError, match=r"rgb.png: a colour \(3 channels\) image, but the model was trained on "
+                                         r"grey \(1 channel\) images.*nothing was written"):
+        predict_images(cli_job, [img, rgb], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
     # weights of another network than model.json describes
     job = tmp_path / "other"
     shutil.copytree(cli_job / "model", job / "model")

@@ -144,6 +144,22 @@ def _read_sitk(path: Path) -> sitk.Image:
         raise CohortError(f"{path}: unreadable image ({msg.strip()[:160]}); check the file is a complete NIfTI/NRRD/MHA/PNG/DICOM") from None
 
 
+def image_channels(path: str | os.PathLike) -> int | None:
+    """The channels :func:`read_image` would give ``path`` (1 grey, 3 colour), from the file's
+    header alone; None for a DICOM folder or a header SimpleITK cannot read (reading the
+    image then says why)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return {1: 1, 2: 1, 3: 3, 4: 3}.get(int(reader.GetNumberOfComponents()))
+
+
 def read_image(path: str | os.PathLike) -> ImageData:
     """Read an image (any SimpleITK format or a DICOM series folder) as ``(C, Z, Y, X)``.
 

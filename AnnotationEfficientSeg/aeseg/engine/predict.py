@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..cohort.manifest import Case
-from ..cohort.reading import image_suffix, strip_suffix
+from ..cohort.reading import image_channels, image_suffix, strip_suffix
 from ..data.dataset import CohortData, build_slice_set
 from ..errors import AesegError, JobError
 from ..io.segmentation import write_segmentation
@@ -30,15 +30,31 @@ def model_dir(path: str | os.PathLike) -> Path:
     raise JobError(f"{p}: no trained model (model/model.json and model.pt); give a finished job folder")
 
 
-def load_model(path: str | os.PathLike, device: str = "auto"):
-    """(method instance in eval mode, JobConfig) for a saved model."""
-    d = model_dir(path)
+def read_spec(d: Path) -> tuple[str, dict, int]:
+    """(method, config, input channels) from ``d/model.json``; JobError if it is unreadable."""
     try:
         spec = json.loads((d / "model.json").read_text(encoding="utf-8"))
-        method_name, config, in_channels = spec["method"], spec["config"], int(spec["input"]["in_channels"])
+        return str(spec["method"]), dict(spec["config"]), int(spec["input"]["in_channels"])
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise JobError(f"{d / 'model.json'}: unreadable ({type(e).__name__}: {e}); "
                        "retrain, or give the folder of an intact model") from e
+
+
+def channels_text(n: int) -> str:
+    return {1: "grey (1 channel)", 3: "colour (3 channels)"}.get(n, f"{n}-channel")
+
+
+def check_channels(image: Path, found: int | None, expected: int) -> None:
+    """AesegError when an image's channels are not the model's input channels."""
+    if found is not None and found != expected:
+        raise AesegError(f"{image}: a {channels_text(found)} image, but the model was trained on "
+                         f"{channels_text(expected)} images; convert the image, or train a model on such images")
+
+
+def load_model(path: str | os.PathLike, device: str = "auto"):
+    """(method instance in eval mode, JobConfig) for a saved model."""
+    d = model_dir(path)
+    method_name, config, in_channels = read_spec(d)
     cfg = resolve_config(method_name, config, device=device)
     dev = pick_device(device)
     empty = build_slice_set([], cfg.data)
@@ -110,11 +126,18 @@ def predict_images(model: str | os.PathLike, images: list[str | os.PathLike], ou
     called with each output as it is written, so a caller can show progress and, if an
     image fails to read part-way, what was already written (the error says how many)."""
     plan = plan_outputs(images, out_dir, fmt)
+    _, _, in_channels = read_spec(model_dir(model))
+    for case, _ in plan:  # from the headers, before anything is loaded or written
+        try:
+            check_channels(case.image, image_channels(case.image), in_channels)
+        except AesegError as e:
+            raise AesegError(f"{e}; nothing was written") from None
     method, cfg, dev = load_model(model, device)
     written: list[Path] = []
     for case, dest in plan:
         try:
             s = build_slice_set([case], cfg.data)
+            check_channels(case.image, int(s.images.shape[1]), in_channels)  # a DICOM series has no header check
         except AesegError as e:
             done = f"{len(written)} of {len(plan)} predictions written to {Path(out_dir)}" if written else "nothing was written"
             raise type(e)(f"{e} ({done})") from None
