@@ -512,6 +512,13 @@ def test_apply_the_model_of_a_real_job_to_the_shown_volume(app, cli_job, tiny_co
         assert not p.apply_model() and "no volume to segment" in p.ui.messageLabel.text()
         assert list(logs.glob("predict-*")) == []
 
+        def full_disk(folder):
+            raise OSError(28, "No space left on device")
+
+        p.volume_to_predict = full_disk
+        assert not p.apply_model() and "the volume could not be written (OSError" in p.ui.messageLabel.text()
+        assert list(logs.glob("predict-*")) == []
+
         image = next(c.image for c in load_cohort(tiny_cohort).cases if c.split == "test")
         case = image.name.split(".")[0]
 

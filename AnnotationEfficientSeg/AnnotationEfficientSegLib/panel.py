@@ -1096,9 +1096,10 @@ class Panel:
         work = Path(tempfile.mkdtemp(prefix="predict-", dir=self.log_dir))
         try:
             image, name = self.volume_to_predict(work)
-        except ValueError as e:
+        except Exception as e:  # noqa: BLE001 - ValueError says what to do; anything else is a failed write
             shutil.rmtree(work, ignore_errors=True)
-            self.show_message(f"Cannot apply the model: {e}.", "error")
+            why = str(e) if isinstance(e, ValueError) else f"the volume could not be written ({type(e).__name__}: {e})"
+            self.show_message(f"Cannot apply the model: {why}.", "error")
             return False
         job = self.job_dir
         args = proc_lib.predict_args(job, [image], work / "prediction", device=self.selected_device())
