@@ -96,6 +96,13 @@ def test_a_damaged_model_or_an_image_it_cannot_take_is_one_clear_error_with_noth
                                          r"grey \(1 channel\) images.*nothing was written"):
         predict_images(cli_job, [img, rgb], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    # a folder of image files is not a DICOM series
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    shutil.copy(rgb, folder / "a.png")
+    with pytest.raises(AesegError, match="pngs: a folder of image files .*not one DICOM series"):
+        predict_images(cli_job, [img, folder], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
     # weights of another network than model.json describes
     job = tmp_path / "other"
     shutil.copytree(cli_job / "model", job / "model")

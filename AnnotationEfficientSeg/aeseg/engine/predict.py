@@ -105,6 +105,11 @@ def plan_outputs(images: list[str | os.PathLike], out_dir: str | os.PathLike, fm
         if p.is_file() and image_suffix(p) in (None, ".seg.nrrd"):
             raise AesegError(f"{p}: not an image file (.nii.gz, .nii, .nrrd, .mha, .mhd, .png, .jpg, .tif, .dcm "
                              "or a DICOM folder); nothing was written")
+        if p.is_dir():
+            named = [f for f in p.iterdir() if f.is_file() and image_suffix(f) not in (None, ".dcm", ".seg.nrrd")]
+            if named:
+                raise AesegError(f"{p}: a folder of image files ({named[0].name}, …), not one DICOM series; "
+                                 f"give the files themselves, e.g. {p / '*'}; nothing was written")
         case = Case(strip_suffix(p), p)
         dest = out / f"{case.case_id}.{fmt}"
         key = dest.resolve()
