@@ -165,3 +165,27 @@ def test_missing_folder_is_a_clear_error(tmp_path):
         load_cohort(tmp_path / "nope")
     with pytest.raises(CohortError, match="images/"):
         load_cohort(tmp_path)
+
+
+def test_colour_and_alpha_channels_from_the_pixels_and_from_the_header(tmp_path):
+    """RGB(A) images read as 3 channels (alpha dropped), grey(+alpha) as 1; the header alone
+    gives the same count (what aeseg predict checks before loading a model)."""
+    import SimpleITK as sitk
+
+    from aeseg.cohort.reading import image_channels, read_image
+    from aeseg.errors import CohortError
+
+    rng = np.random.default_rng(0)
+    for comps, channels in ((1, 1), (2, 1), (3, 3), (4, 3)):
+        pix = rng.integers(0, 255, (6, 7, comps), dtype=np.uint8)
+        path = tmp_path / (f"c{comps}.nrrd" if comps == 2 else f"c{comps}.png")  # SimpleITK cannot read back a grey+alpha PNG
+        img = sitk.GetImageFromArray(pix if comps > 1 else pix[..., 0], isVector=comps > 1)
+        sitk.WriteImage(img, str(path))
+        data = read_image(path)
+        assert data.channels == channels == image_channels(path)
+        np.testing.assert_array_equal(data.array[:, 0], np.moveaxis(pix[..., :channels], -1, 0))
+    five = tmp_path / "five.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 7, 5), np.float32), isVector=True), str(five))
+    assert image_channels(five) is None
+    with pytest.raises(CohortError, match="5 components per pixel"):
+        read_image(five)

@@ -19,6 +19,9 @@ import SimpleITK as sitk
 from ..errors import CohortError
 from ..io.names import IMAGE_SUFFIXES, SINGLE_FILE_2D, image_suffix, strip_suffix  # noqa: F401 (re-exported)
 
+# components per pixel → the channels an image gets: grey(+alpha) 1, RGB(A) 3 (alpha dropped)
+CHANNELS = {1: 1, 2: 1, 3: 3, 4: 3}
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -157,7 +160,7 @@ def image_channels(path: str | os.PathLike) -> int | None:
         reader.ReadImageInformation()
     except RuntimeError:
         return None
-    return {1: 1, 2: 1, 3: 3, 4: 3}.get(int(reader.GetNumberOfComponents()))
+    return CHANNELS.get(int(reader.GetNumberOfComponents()))
 
 
 def read_image(path: str | os.PathLike) -> ImageData:
@@ -176,17 +179,12 @@ def read_image(path: str | os.PathLike) -> ImageData:
     ncomp = img.GetNumberOfComponentsPerPixel()
     if img.GetDimension() == 2:
         arr = arr[None]
+    if ncomp not in CHANNELS:
+        raise CohortError(f"{path}: {ncomp} components per pixel; expected grey or RGB")
     if ncomp == 1:
         arr = arr[None]
     else:
-        if ncomp == 4:
-            arr = arr[..., :3]
-        elif ncomp not in (3,):
-            if ncomp == 2:  # grey + alpha
-                arr = arr[..., :1]
-            else:
-                raise CohortError(f"{path}: {ncomp} components per pixel; expected grey or RGB")
-        arr = np.moveaxis(arr, -1, 0)
+        arr = np.moveaxis(arr[..., :CHANNELS[ncomp]], -1, 0)
     return ImageData(np.ascontiguousarray(arr, dtype=np.float32), geom)
 
 
