@@ -213,3 +213,27 @@ def test_phantom_settings_go_on_top_of_the_plans_and_unknown_ones_are_refused(tm
         assert e.value.code == 2
         assert f"--phantom {bad.split('=')[0]}: not one of" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # refused before anything ran
+
+
+def test_triage_is_measured_for_every_training_seed(tmp_path):
+    """Spearman of each seed's scores against the true Dice of the given labels, and their mean."""
+    from aeseg.quality.metrics import dice
+
+    bench = harness.Bench("aide", "noisy_organ", noise="mid", workdir=tmp_path, train_seeds=(0, 1, 2))
+    bench.plan.phantom = {**bench.plan.phantom, "size": 32, "n_slices": 2, "n_train": 8, "n_val": 1, "n_test": 1}
+    bench.build_cohort()
+    cases = [c for c in load_cohort(bench.cohort_dir).cases if c.split == "train" and c.label_kind == "noisy"]
+    assert len(cases) >= 3
+    truth = {c.case_id: dice(read_label(c.label, c.label_value)[0] > 0, read_label(c.truth)[0] > 0) for c in cases}
+    jobs = bench.workdir / "jobs"
+    for seed, sign in ((0, 1.0), (1, -1.0)):  # seed 2 has no quality.csv (a job that failed)
+        job = jobs / bench.job_name("method", seed)
+        job.mkdir(parents=True)
+        rows = ["case,method,score,flag,rank"] + [f"{c},aide,{sign * d},false,{i + 1}"
+                                                   for i, (c, d) in enumerate(truth.items())]
+        (job / "quality.csv").write_text("\n".join(rows) + "\n")
+    run = harness.RunResult("method", "aide", jobs / "method", {}, {}, None, 0.0, 1)
+    tri = bench.triage(run)
+    assert tri["n"] == len(cases) and tri["spearman"] == pytest.approx(1.0)
+    assert tri["spearman_seeds"] == [pytest.approx(1.0), pytest.approx(-1.0), None]
+    assert tri["spearman_mean"] == pytest.approx(0.0)

@@ -332,11 +332,25 @@ class Bench:
     # measurements --------------------------------------------------------------------
     def triage(self, run: RunResult, cohort: Path | None = None) -> dict[str, Any]:
         """Spearman(score, true Dice of the training label) and top-k flag precision, over
-        training cases whose label is not clean."""
+        training cases whose label is not clean, for the first training seed's job; with
+        several seeds also every seed's Spearman (``spearman_seeds``) and their mean."""
+        out = self.triage_job(run.job, cohort)
+        if len(self.train_seeds) > 1 and "spearman" in out:
+            seeds = [self.triage_job(run.job.parent / self.job_name(run.name, s), cohort).get("spearman")
+                     for s in self.train_seeds]
+            known = [v for v in seeds if v is not None]
+            out["spearman_seeds"] = seeds
+            out["spearman_mean"] = round(float(np.mean(known)), 4) if known else None
+        return out
+
+    def triage_job(self, job: Path, cohort: Path | None = None) -> dict[str, Any]:
+        """:meth:`triage` of one job folder (``{"n": 0}`` if it has no quality.csv)."""
         from scipy.stats import spearmanr
 
+        if not (job / "quality.csv").is_file():
+            return {"n": 0}
         co = load_cohort(cohort or self.cohort_dir)
-        rows = {r["case"]: r for r in read_quality_csv(run.job / "quality.csv")}
+        rows = {r["case"]: r for r in read_quality_csv(job / "quality.csv")}
         scores, truths, flags, ids = [], [], [], []
         for c in co.cases:
             if c.split != "train" or c.label_kind != "noisy" or c.case_id not in rows or c.truth is None:

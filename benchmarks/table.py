@@ -65,6 +65,13 @@ def setting_text(r: dict) -> str:
     return s
 
 
+def spearman_cell(tri: dict) -> str:
+    """The first seed's Spearman; with several seeds, their mean first."""
+    if tri.get("spearman_mean") is not None:
+        return f"{tri['spearman_mean']} (mean of {len(tri['spearman_seeds'])} seeds; first {tri['spearman']})"
+    return str(tri.get("spearman", "–"))
+
+
 def noisy_rows(results: list[dict]) -> list[str]:
     out = ["| method | setting | noisy labels (Dice) | method | noisy baseline | clean-only | oracle | gap covered | step ratio | Spearman | top-k precision (chance) |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -74,7 +81,7 @@ def noisy_rows(results: list[dict]) -> list[str]:
         topk = f"{tri['top_k_precision']} ({tri['chance_precision']})" if "top_k_precision" in tri else "–"
         out.append(f"| {r['method']} | {setting_text(r)} | {'–' if nd is None else f'{nd:.2f}'} | {fmt(td.get('method'))} |"
                    f" {fmt(td.get('noisy_baseline'))} | {fmt(td.get('clean_only'))} | {fmt(td.get('oracle'))} |"
-                   f" {gap_cell(r)} | {r['step_time']['ratio']:.2f} | {tri.get('spearman', '–')} | {topk} |")
+                   f" {gap_cell(r)} | {r['step_time']['ratio']:.2f} | {spearman_cell(tri)} | {topk} |")
         for name, d in (r.get("ablations") or {}).items():
             out.append(f"| ↳ {name} | | | {fmt(d)} | | | | | | | |")
     return out
