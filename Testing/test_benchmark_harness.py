@@ -237,3 +237,23 @@ def test_triage_is_measured_for_every_training_seed(tmp_path):
     assert tri["n"] == len(cases) and tri["spearman"] == pytest.approx(1.0)
     assert tri["spearman_seeds"] == [pytest.approx(1.0), pytest.approx(-1.0), None]
     assert tri["spearman_mean"] == pytest.approx(0.0)
+
+
+def test_gap_interval_is_paired_over_seeds_and_needs_three():
+    table = pytest.importorskip("table")
+
+    def result(method, noisy, oracle):
+        return {"gap_reference": "noisy_baseline", "gap_covered": 0.5,
+                "runs": {"method": {"seed_means": method}, "noisy_baseline": {"seed_means": noisy},
+                         "oracle": {"seed_means": oracle}}}
+
+    # every seed covers exactly half its own gap, though the seeds differ a lot: paired draws
+    # keep each seed's rows together, so every draw gives 0.5
+    lo, hi = table.gap_interval(result([0.75, 0.55, 0.65], [0.7, 0.5, 0.6], [0.8, 0.6, 0.7]))
+    assert lo == pytest.approx(0.5) and hi == pytest.approx(0.5)
+    # seeds that disagree (0 % and 100 %) give an interval around the pooled 50 %
+    lo, hi = table.gap_interval(result([0.7, 0.8, 0.7, 0.8], [0.7, 0.7, 0.7, 0.7], [0.8, 0.8, 0.8, 0.8]))
+    assert lo < 0.5 < hi and lo >= 0.0 and hi <= 1.0
+    assert table.gap_interval(result([0.7, 0.8], [0.7, 0.7], [0.8, 0.8])) is None  # two seeds: no interval
+    assert "(" not in table.gap_cell({**result([0.7, 0.8], [0.7, 0.7], [0.8, 0.8]),
+                                      "test_dice": {"noisy_baseline": {"mean": 0.7}, "oracle": {"mean": 0.8}}})
