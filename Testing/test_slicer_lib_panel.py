@@ -531,6 +531,7 @@ def test_apply_the_model_of_a_real_job_to_the_shown_volume(app, cli_job, tiny_co
         p.predictionReady.connect(lambda path, name: ready.append((path, name, read_label(path))))
         assert p.apply_model()
         assert not p.ui.applyModelButton.isEnabled()  # one at a time
+        assert "Segmenting CT one with the model of job in the background" in p.ui.messageLabel.text()
         assert wait_until(app, lambda: ready, timeout=180), p.ui.messageLabel.text()
         path, name, (mask, geometry) = ready[0]
         assert name == "CT one" and "Segmented CT one" in p.ui.messageLabel.text()

@@ -1124,6 +1124,7 @@ class Panel:
 
         self.log(" ".join(proc_lib.aeseg_command(self.python, *args)))
         self.run_async(args, done, "predict", json_output=False)
+        self.show_message(f"Segmenting {name} with the model of {job.name} in the background…", "info")
         self._update_buttons()
         return True
 
