@@ -257,3 +257,35 @@ def test_gap_interval_is_paired_over_seeds_and_needs_three():
     assert table.gap_interval(result([0.7, 0.8], [0.7, 0.7], [0.8, 0.8])) is None  # two seeds: no interval
     assert "(" not in table.gap_cell({**result([0.7, 0.8], [0.7, 0.7], [0.8, 0.8]),
                                       "test_dice": {"noisy_baseline": {"mean": 0.7}, "oracle": {"mean": 0.8}}})
+
+
+def test_compare_pairs_two_settings_seed_by_seed_and_refuses_unpaired_results(tmp_path, capsys):
+    compare = pytest.importorskip("compare")
+
+    def result(method, **extra):
+        return {"task": "noisy_organ", "setting": "noisy", "noise": "mid", "profile": "quick", "seed": 0,
+                "train_seeds": list(range(len(method))), "phantom_sets": {},
+                "runs": {"method": {"test_dice": {"mean": sum(method) / len(method)}, "seed_means": method}},
+                "ablation_runs": {"one_network": {"test_dice": {"mean": 0.5}, "seed_means": [0.5] * len(method)}},
+                **extra}
+
+    a, b = result([0.70, 0.60, 0.80, 0.75]), result([0.72, 0.62, 0.81, 0.74])
+    d = compare.paired_difference(a, b)
+    assert d["diff"] == pytest.approx([0.02, 0.02, 0.01, -0.01]) and d["mean"] == pytest.approx(0.01)
+    assert d["b_wins"] == 3 and -0.01 - 1e-9 <= d["interval"][0] < 0.01 < d["interval"][1] <= 0.02 + 1e-9
+    assert compare.paired_difference(a, b, row="ablation_one_network")["mean"] == pytest.approx(0.0)
+    older = {k: v for k, v in b.items() if k != "phantom_sets"}  # files from before --phantom pair too
+    assert compare.paired_difference(a, older)["seeds"] == [0, 1, 2, 3]
+    for other, says in ((result([0.7] * 4, noise="high"), "differ in 'noise'"),
+                        (result([0.7] * 4, host_note="another host"), "differ in 'host_note'"),
+                        ({**result([0.7] * 4), "train_seeds": [7, 8, 9, 10]}, "share no training seed")):
+        with pytest.raises(compare.CompareError, match=says):
+            compare.paired_difference(a, other)
+    with pytest.raises(compare.CompareError, match="no row 'oracle'"):
+        compare.paired_difference(a, b, row="oracle")
+    pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+    pa.write_text(json.dumps(a))
+    pb.write_text(json.dumps(b))
+    assert compare.main([str(pa), str(pb)]) == 0
+    assert "mean +0.010" in capsys.readouterr().out
+    assert compare.main([str(pa), str(tmp_path / "missing.json")]) == 2

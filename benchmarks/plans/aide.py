@@ -229,8 +229,9 @@ Another host (session 21, AMD EPYC with AVX-512): the plan's 6-seed command give
 (AIDE 0.715, noisy baseline 0.692, oracle 0.839) and 21 % over 12 seeds (0.728 / 0.698 /
 0.837); the commit that wrote the 44 % file gives this host's numbers exactly, so the
 host, not the code, moved them. A paired bootstrap over seeds gives 90 % intervals of
-32–56 % (the 44 % file), −37–51 % and −5–43 % (this host, 6 and 12 seeds), so the 6-seed
-comparisons above separate few of the settings; 60 % lies above every interval (``benchmarks/NOTES.md``).
+32–56 % (the 44 % file), −37–51 % and −5–43 % (this host, 6 and 12 seeds): 60 % lies
+above every interval. Two settings on the same seeds are paired and compare far more
+tightly than their gaps (``benchmarks/compare.py``; ``benchmarks/NOTES.md``).
 """
 
 from harness import Plan, Variant

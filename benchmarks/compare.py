@@ -1,0 +1,84 @@
+"""Compare two benchmark results of the same seeds, seed by seed.
+
+``python benchmarks/compare.py A.json B.json [--row method]`` prints, for every training
+seed both files ran on the same phantom, the row's test Dice in A and in B and their
+difference, then the mean difference with a 90 % bootstrap interval over the seeds and
+how many seeds B wins.
+
+Two settings run on the same seeds share each seed's phantom, baselines and initial
+weights, so their difference seed by seed varies far less than either gap covered does
+(whose interval over 6 seeds spans tens of points, see ``table.gap_interval``). A
+setting is better only if the interval of the difference excludes zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+
+class CompareError(ValueError):
+    pass
+
+
+def seed_values(result: dict, row: str) -> dict[int, float]:
+    """Training seed → the row's mean test Dice in that seed (from ``runs``/``ablation_runs``)."""
+    runs = {**(result.get("runs") or {}), **{f"ablation_{k}": v for k, v in (result.get("ablation_runs") or {}).items()}}
+    if row not in runs:
+        raise CompareError(f"no row '{row}' (rows: {', '.join(sorted(runs))})")
+    seeds = result.get("train_seeds") or [result.get("seed", 0)]
+    means = runs[row].get("seed_means") or [runs[row]["test_dice"]["mean"]]
+    if len(means) != len(seeds):
+        raise CompareError(f"row '{row}': {len(means)} seed means for {len(seeds)} seeds")
+    return dict(zip(seeds, means))
+
+
+def paired_difference(a: dict, b: dict, row: str = "method", level: float = 0.9,
+                      draws: int = 4000) -> dict:
+    """B − A for the row over the seeds both ran: per seed, the mean, a bootstrap interval
+    (seeded, so it prints the same every time) and B's wins. Refuses results of different
+    tasks, settings, phantoms or hosts (``host_note``): their seeds are not the same
+    experiments."""
+    for key in ("task", "setting", "noise", "profile", "seed", "phantom_sets", "host_note"):
+        if (a.get(key) or None) != (b.get(key) or None):  # an older file has no phantom_sets
+            raise CompareError(f"the results differ in '{key}' ({a.get(key)!r} / {b.get(key)!r}): not paired")
+    va, vb = seed_values(a, row), seed_values(b, row)
+    seeds = sorted(set(va) & set(vb))
+    if not seeds:
+        raise CompareError("the results share no training seed")
+    diffs = [vb[s] - va[s] for s in seeds]
+    mean = sum(diffs) / len(diffs)
+    interval = None
+    if len(diffs) >= 3:
+        rng = random.Random(0)
+        boot = sorted(sum(diffs[rng.randrange(len(diffs))] for _ in diffs) / len(diffs) for _ in range(draws))
+        tail = (1 - level) / 2
+        interval = (boot[int(tail * draws)], boot[min(draws - 1, int((1 - tail) * draws))])
+    return {"row": row, "seeds": seeds, "a": [va[s] for s in seeds], "b": [vb[s] for s in seeds],
+            "diff": diffs, "mean": mean, "interval": interval, "b_wins": sum(d > 0 for d in diffs)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("a", type=Path)
+    ap.add_argument("b", type=Path)
+    ap.add_argument("--row", default="method", help="method, a baseline, or ablation_<name>")
+    args = ap.parse_args(argv)
+    try:
+        d = paired_difference(json.loads(args.a.read_text()), json.loads(args.b.read_text()), args.row)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"compare: {e}", file=sys.stderr)
+        return 2
+    print(f"{d['row']}: B − A over {len(d['seeds'])} seeds")
+    for s, x, y, z in zip(d["seeds"], d["a"], d["b"], d["diff"]):
+        print(f"  seed {s:>3}  A {x:.3f}  B {y:.3f}  {z:+.3f}")
+    ci = f", 90 % interval {d['interval'][0]:+.3f} … {d['interval'][1]:+.3f}" if d["interval"] else ""
+    print(f"  mean {d['mean']:+.3f}{ci}; B better in {d['b_wins']} of {len(d['seeds'])} seeds")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
