@@ -775,6 +775,7 @@ class AnnotationEfficientSegTest(ScriptedLoadableModuleTest):
         import SimpleITK as sitk
 
         slicer.util.setSliceViewerLayers(background=volumeNode2, fit=True)
+        slicer.app.applicationLogic().GetSelectionNode().SetActiveVolumeID(volumeNode2.GetID())  # no layout: ctest
         folder = slicer.util.tempDirectory()
         path, name = logic.writeShownVolume(folder)
         self.assertEqual(name, volumeNode2.GetName())
