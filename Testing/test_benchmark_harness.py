@@ -274,6 +274,9 @@ def test_compare_pairs_two_settings_seed_by_seed_and_refuses_unpaired_results(tm
     assert d["diff"] == pytest.approx([0.02, 0.02, 0.01, -0.01]) and d["mean"] == pytest.approx(0.01)
     assert d["b_wins"] == 3 and -0.01 - 1e-9 <= d["interval"][0] < 0.01 < d["interval"][1] <= 0.02 + 1e-9
     assert compare.paired_difference(a, b, row="ablation_one_network")["mean"] == pytest.approx(0.0)
+    within = compare.paired_difference(a, a, row="method", against="ablation_one_network")  # two rows of one file
+    assert within["diff"] == pytest.approx([0.2, 0.1, 0.3, 0.25]) and within["b_wins"] == 4
+    assert within["row"] == "method against ablation_one_network"
     older = {k: v for k, v in b.items() if k != "phantom_sets"}  # files from before --phantom pair too
     assert compare.paired_difference(a, older)["seeds"] == [0, 1, 2, 3]
     for other, says in ((result([0.7] * 4, noise="high"), "differ in 'noise'"),
@@ -289,3 +292,5 @@ def test_compare_pairs_two_settings_seed_by_seed_and_refuses_unpaired_results(tm
     assert compare.main([str(pa), str(pb)]) == 0
     assert "mean +0.010" in capsys.readouterr().out
     assert compare.main([str(pa), str(tmp_path / "missing.json")]) == 2
+    assert compare.main([str(pa), "--against", "ablation_one_network"]) == 0
+    assert "mean +0.212" in capsys.readouterr().out

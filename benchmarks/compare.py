@@ -3,7 +3,9 @@
 ``python benchmarks/compare.py A.json B.json [--row method]`` prints, for every training
 seed both files ran on the same phantom, the row's test Dice in A and in B and their
 difference, then the mean difference with a 90 % bootstrap interval over the seeds and
-how many seeds B wins.
+how many seeds B wins. ``python benchmarks/compare.py A.json --row method --against
+noisy_baseline`` compares two rows of one file the same way (B = ``--row``, A =
+``--against``).
 
 Two settings run on the same seeds share each seed's phantom, baselines and initial
 weights, so their difference seed by seed varies far less than either gap covered does
@@ -37,15 +39,15 @@ def seed_values(result: dict, row: str) -> dict[int, float]:
 
 
 def paired_difference(a: dict, b: dict, row: str = "method", level: float = 0.9,
-                      draws: int = 4000) -> dict:
+                      draws: int = 4000, against: str | None = None) -> dict:
     """B − A for the row over the seeds both ran: per seed, the mean, a bootstrap interval
     (seeded, so it prints the same every time) and B's wins. Refuses results of different
     tasks, settings, phantoms or hosts (``host_note``): their seeds are not the same
-    experiments."""
+    experiments. ``against``: A's row to compare with (default: the same row)."""
     for key in ("task", "setting", "noise", "profile", "seed", "phantom_sets", "host_note"):
         if (a.get(key) or None) != (b.get(key) or None):  # an older file has no phantom_sets
             raise CompareError(f"the results differ in '{key}' ({a.get(key)!r} / {b.get(key)!r}): not paired")
-    va, vb = seed_values(a, row), seed_values(b, row)
+    va, vb = seed_values(a, against or row), seed_values(b, row)
     seeds = sorted(set(va) & set(vb))
     if not seeds:
         raise CompareError("the results share no training seed")
@@ -57,18 +59,23 @@ def paired_difference(a: dict, b: dict, row: str = "method", level: float = 0.9,
         boot = sorted(sum(diffs[rng.randrange(len(diffs))] for _ in diffs) / len(diffs) for _ in range(draws))
         tail = (1 - level) / 2
         interval = (boot[int(tail * draws)], boot[min(draws - 1, int((1 - tail) * draws))])
-    return {"row": row, "seeds": seeds, "a": [va[s] for s in seeds], "b": [vb[s] for s in seeds],
+    return {"row": row if against in (None, row) else f"{row} against {against}", "seeds": seeds, "a": [va[s] for s in seeds], "b": [vb[s] for s in seeds],
             "diff": diffs, "mean": mean, "interval": interval, "b_wins": sum(d > 0 for d in diffs)}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("a", type=Path)
-    ap.add_argument("b", type=Path)
+    ap.add_argument("b", type=Path, nargs="?", help="default: A itself (then give --against)")
     ap.add_argument("--row", default="method", help="method, a baseline, or ablation_<name>")
+    ap.add_argument("--against", help="compare --row of B with this row of A (e.g. noisy_baseline)")
     args = ap.parse_args(argv)
+    if args.b is None and not args.against:
+        ap.error("give a second file, or --against ROW to compare two rows of one file")
     try:
-        d = paired_difference(json.loads(args.a.read_text()), json.loads(args.b.read_text()), args.row)
+        a = json.loads(args.a.read_text())
+        b = json.loads(args.b.read_text()) if args.b else a
+        d = paired_difference(a, b, args.row, against=args.against)
     except (OSError, ValueError, KeyError) as e:
         print(f"compare: {e}", file=sys.stderr)
         return 2
