@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from table import bootstrap  # noqa: E402
 
 
 class CompareError(ValueError):
@@ -53,12 +56,8 @@ def paired_difference(a: dict, b: dict, row: str = "method", level: float = 0.9,
         raise CompareError("the results share no training seed")
     diffs = [vb[s] - va[s] for s in seeds]
     mean = sum(diffs) / len(diffs)
-    interval = None
-    if len(diffs) >= 3:
-        rng = random.Random(0)
-        boot = sorted(sum(diffs[rng.randrange(len(diffs))] for _ in diffs) / len(diffs) for _ in range(draws))
-        tail = (1 - level) / 2
-        interval = (boot[int(tail * draws)], boot[min(draws - 1, int((1 - tail) * draws))])
+    interval = bootstrap(lambda idx: sum(diffs[i] for i in idx) / len(idx), len(diffs), level, draws) \
+        if len(diffs) >= 3 else None
     return {"row": row if against in (None, row) else f"{row} against {against}", "seeds": seeds, "a": [va[s] for s in seeds], "b": [vb[s] for s in seeds],
             "diff": diffs, "mean": mean, "interval": interval, "b_wins": sum(d > 0 for d in diffs)}
 

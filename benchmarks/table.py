@@ -21,6 +21,7 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 
@@ -35,6 +36,23 @@ def pct(g: float | None) -> str:
     return "–" if g is None else f"{100 * g:.0f} %"
 
 
+def bootstrap(statistic: Callable[[list[int]], float | None], n: int, level: float = 0.9,
+              draws: int = 4000) -> tuple[float, float] | None:
+    """Percentile bootstrap over ``n`` training seeds: ``statistic`` of the indices of
+    ``draws`` samples drawn with replacement (seeded, so a table prints the same interval
+    every time). None if fewer than half the draws give a value."""
+    rng, values = random.Random(0), []
+    for _ in range(draws):
+        v = statistic([rng.randrange(n) for _ in range(n)])
+        if v is not None:
+            values.append(v)
+    if len(values) < draws // 2:
+        return None
+    values.sort()
+    tail = (1 - level) / 2
+    return values[int(tail * len(values))], values[min(len(values) - 1, int((1 - tail) * len(values)))]
+
+
 def gap_interval(r: dict, level: float = 0.9, draws: int = 4000) -> tuple[float, float] | None:
     """A bootstrap interval of the gap covered over training seeds: the seeds are drawn
     with replacement (the same draw for the method, the reference and the oracle, which
@@ -46,17 +64,13 @@ def gap_interval(r: dict, level: float = 0.9, draws: int = 4000) -> tuple[float,
                                                              "oracle")]
     if any(not m for m in rows) or len({len(m) for m in rows}) != 1 or len(rows[0]) < 3:
         return None
-    n, rng, gaps = len(rows[0]), random.Random(0), []
-    for _ in range(draws):
-        idx = [rng.randrange(n) for _ in range(n)]
+    n = len(rows[0])
+
+    def gap(idx: list[int]) -> float | None:
         m, low, orc = (sum(row[i] for i in idx) / n for row in rows)
-        if abs(orc - low) > 1e-6:
-            gaps.append((m - low) / (orc - low))
-    if len(gaps) < draws // 2:
-        return None
-    gaps.sort()
-    tail = (1 - level) / 2
-    return gaps[int(tail * len(gaps))], gaps[min(len(gaps) - 1, int((1 - tail) * len(gaps)))]
+        return (m - low) / (orc - low) if abs(orc - low) > 1e-6 else None
+
+    return bootstrap(gap, n, level, draws)
 
 
 def gap_cell(r: dict) -> str:
