@@ -180,6 +180,36 @@ def test_status_reads_a_running_job_from_its_folder(tmp_path):
         job_status(job)
 
 
+def test_status_of_several_jobs_is_one_line_each(tmp_path, capsys):
+    from aeseg.cli import main
+
+    done, running = tmp_path / "done", tmp_path / "running"
+    for job, method, events in (
+            (done, "supervised", [{"type": "start", "time": 100.0, "epochs": 2},
+                                  {"type": "epoch", "time": 110.0, "epoch": 1, "epochs": 2, "val_dice": 0.7},
+                                  {"type": "epoch", "time": 120.0, "epoch": 2, "epochs": 2, "val_dice": 0.65},
+                                  {"type": "done", "time": 121.0}]),
+            (running, "aide", [{"type": "start", "time": 100.0, "epochs": 4},
+                               {"type": "progress", "time": 9e12, "epoch": 1, "epochs": 4, "step": 1, "steps": 2,
+                                "losses": {"loss": 1.0}, "eta_s": 3600.0}])):
+        job.mkdir()
+        (job / "job.json").write_text(json.dumps({"method": method, "cohort": "/c"}))
+        (job / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (running / "cancel").touch()
+    assert main(["status", str(done), str(running)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["job", "method", "status"] and len(lines) == 3
+    assert lines[1].split()[:5] == [str(done), "supervised", "done", "2/2", "0.700"]
+    assert lines[2].split()[:5] == [str(running), "aide", "running", "(cancel", "requested)"] and "ETA" in lines[2]
+    # a folder that is not a job is its own row, and the exit status says so
+    assert main(["status", str(done), str(tmp_path)]) == 2
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith(str(tmp_path)) and "error: not a job folder (no job.json)" in last
+    assert main(["status", str(done), str(tmp_path), "--json"]) == 2
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["status"] == "done" and "not a job folder" in rows[1]["error"]
+
+
 def test_task_standardization_runs_as_a_sub_job(tiny_cohort, tmp_path, capsys):
     from aeseg.cli import print_note
 

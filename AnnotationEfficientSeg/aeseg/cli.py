@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
 
     p = sub.add_parser("status", help="where a job stands: progress, ETA, best validation Dice, notes")
-    p.add_argument("job", help="job folder")
+    p.add_argument("job", nargs="+", help="job folder (several: one line each)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("predict", help="apply a trained model to images")
@@ -104,11 +104,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_status(args) -> int:
-    from .engine.status import format_status, job_status
+    from .engine.status import format_status, format_status_table, job_status
 
-    s = job_status(args.job)
-    print(json.dumps(s, indent=2) if args.json else format_status(s))
-    return 0
+    if len(args.job) == 1:
+        s = job_status(args.job[0])
+        print(json.dumps(s, indent=2) if args.json else format_status(s))
+        return 0
+    rows: list = []
+    for j in args.job:  # a folder that is not a job is one row, not the end of the listing
+        try:
+            rows.append((j, job_status(j)))
+        except AesegError as e:
+            rows.append((j, str(e)))
+    if args.json:
+        print(json.dumps([s if isinstance(s, dict) else {"job": j, "error": s} for j, s in rows], indent=2))
+    else:
+        print(format_status_table(rows))
+    return 2 if any(isinstance(s, str) for _, s in rows) else 0
 
 
 def cmd_validate(args) -> int:

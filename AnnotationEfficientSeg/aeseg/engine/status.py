@@ -1,6 +1,7 @@
-"""``aeseg status JOB``: where a job stands, read from its folder alone (``job.json``,
+"""``aeseg status JOB...``: where a job stands, read from its folder alone (``job.json``,
 ``events.jsonl``, the checkpoint and cancel files), so that a run started elsewhere (with
-``nohup``, on a cluster node, by the Slicer module) can be checked from any shell.
+``nohup``, on a cluster node, by the Slicer module) can be checked from any shell. With
+several jobs (``aeseg status jobs/*``), one line each.
 The folder's layout is :class:`.job.JobFolder`'s; it is only read here."""
 
 from __future__ import annotations
@@ -73,3 +74,20 @@ def format_status(s: dict[str, Any]) -> str:
         lines.append("notes:" + (f" (the last {NOTES_SHOWN} of {len(notes)})" if more > 0 else ""))
         lines += [f"  {n}" for n in notes[-NOTES_SHOWN:]]
     return "\n".join(lines)
+
+
+def format_status_table(rows: list[tuple[str, dict[str, Any] | str]]) -> str:
+    """One line per job: (folder as given, :func:`job_status` dict or the error text)."""
+    table = [("job", "method", "status", "epoch", "best val Dice", "ETA / last event")]
+    for name, s in rows:
+        if isinstance(s, str):  # the error names the folder; the row already does
+            table.append((name, "", "error: " + (s.split(": ", 1)[1] if ": " in s else s), "", "", ""))
+            continue
+        epoch = f"{s['epoch']}/{s['epochs']}" if s["epoch"] is not None and s["epochs"] else ""
+        best = f"{s['best_val_dice']:.3f} ({s['best_epoch']})" if s["best_val_dice"] is not None else ""
+        when = (f"ETA {format_duration(s['eta_s'])}" if s["eta_s"] is not None else
+                f"{format_duration(s['last_event_age_s'])} ago" if s["last_event_age_s"] is not None else "")
+        status = s["status"] + (" (cancel requested)" if s["cancel_requested"] else "")
+        table.append((name, str(s["method"] or ""), status, epoch, best, when))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
