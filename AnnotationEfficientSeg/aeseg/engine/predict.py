@@ -30,14 +30,16 @@ def model_dir(path: str | os.PathLike) -> Path:
     raise JobError(f"{p}: no trained model (model/model.json and model.pt); give a finished job folder")
 
 
+MODEL_FIX = "retrain, or give the folder of an intact model"
+
+
 def read_spec(d: Path) -> tuple[str, dict, int]:
     """(method, config, input channels) from ``d/model.json``; JobError if it is unreadable."""
     try:
         spec = json.loads((d / "model.json").read_text(encoding="utf-8"))
         return str(spec["method"]), dict(spec["config"]), int(spec["input"]["in_channels"])
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-        raise JobError(f"{d / 'model.json'}: unreadable ({type(e).__name__}: {e}); "
-                       "retrain, or give the folder of an intact model") from e
+        raise JobError(f"{d / 'model.json'}: unreadable ({type(e).__name__}: {e}); {MODEL_FIX}") from e
 
 
 def channels_text(n: int) -> str:
@@ -63,19 +65,18 @@ def load_model(path: str | os.PathLike, device: str = "auto"):
     method = get_method(method_name)(cfg.method_config, MethodContext(device=dev, data=data, seed=0))
     from .loop import _unwrap
 
-    fix = "retrain, or give the folder of an intact model"
     try:
         state = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch's own text suggests an unsafe load: not shown
         raise JobError(f"{d / 'model.pt'}: not a model of this {method_name} job: it cannot be read as "
-                       f"saved weights ({type(e).__name__}); {fix}") from e
+                       f"saved weights ({type(e).__name__}); {MODEL_FIX}") from e
     try:
         for k, m in method.modules().items():
             _unwrap(m).load_state_dict(state["modules"][k])
     except (KeyError, TypeError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise JobError(f"{d / 'model.pt'}: not a model of this {method_name} job: its weights do not fit the "
-                       f"network model.json describes ({first}); {fix}") from e
+                       f"network model.json describes ({first}); {MODEL_FIX}") from e
     method.train_mode(False)
     return method, cfg, dev
 
