@@ -103,6 +103,23 @@ def test_run_json_and_failures(tmp_path):
         P.run_json([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5)
 
 
+def test_short_commands_leave_no_temporary_folder(tmp_path, monkeypatch):
+    """``run_json`` makes its own log folder; once the output is read, nothing of it is left."""
+    monkeypatch.setattr(P.tempfile, "tempdir", str(tmp_path))
+    assert P.run_json([sys.executable, "-c", "import json; print(json.dumps({'a': 1}))"]) == {"a": 1}
+    with pytest.raises(P.CommandError):
+        P.run_json([sys.executable, "-c", "import sys; sys.exit(2)"])
+    assert list(tmp_path.iterdir()) == []
+    # a log folder the caller gave is the caller's: its other files and the folder stay
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "keep.txt").write_text("x")
+    q = P.ManagedProcess([sys.executable, "-c", "print(1)"], log_dir=logs).start()
+    assert q.wait(timeout=10) == 0
+    q.cleanup_logs()
+    assert [f.name for f in logs.iterdir()] == ["keep.txt"]
+
+
 def test_poll_never_blocks_and_output_goes_to_files(tmp_path):
     p = P.ManagedProcess([sys.executable, "-c", "import sys, time; print('x' * 200000); "
                           "sys.stderr.write('err'); time.sleep(0.3)"], log_dir=tmp_path).start()

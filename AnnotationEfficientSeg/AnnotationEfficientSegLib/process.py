@@ -225,6 +225,7 @@ class ManagedProcess:
         self.job_dir = Path(job_dir) if job_dir else None
         self.name = name
         self._log_dir = Path(log_dir) if log_dir else None
+        self._own_log_dir: Path | None = None  # a temporary folder made by start(), removed with the logs
         self._proc: subprocess.Popen | None = None
         self._pgid: int | None = None
         self._stdout_path: Path | None = None
@@ -242,7 +243,10 @@ class ManagedProcess:
     def start(self) -> "ManagedProcess":
         if self._proc is not None:
             raise RuntimeError("process already started")
-        log_dir = self._log_dir or Path(tempfile.mkdtemp(prefix="aeseg-proc-"))
+        if self._log_dir is None:
+            self._own_log_dir = log_dir = Path(tempfile.mkdtemp(prefix="aeseg-proc-"))
+        else:
+            log_dir = self._log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self._stdout_path = log_dir / f"{self.name}-{stamp}-{os.getpid()}-{id(self)}.stdout.txt"
@@ -394,7 +398,8 @@ class ManagedProcess:
         return ProcessResult(int(self.returncode), self.stdout_text(), self.stderr_text())
 
     def cleanup_logs(self) -> None:
-        """Remove the stdout/stderr files (for short commands whose output has been read)."""
+        """Remove the stdout/stderr files (for short commands whose output has been read),
+        and the temporary folder that held them when :meth:`start` made one."""
         self._close_files()
         for p in (self._stdout_path, self._stderr_path):
             if p is not None:
@@ -402,6 +407,11 @@ class ManagedProcess:
                     p.unlink()
                 except OSError:
                     pass
+        if self._own_log_dir is not None:
+            try:
+                self._own_log_dir.rmdir()  # only when empty: nothing but our two files lived there
+            except OSError:
+                pass
 
 
 def _read_text(path: Path | None) -> str:
