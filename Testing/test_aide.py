@@ -186,6 +186,32 @@ def test_short_run_moves_corrected_labels_towards_truth_and_keeps_clean_labels(p
     assert torch.equal(tr.labels, given)
 
 
+def test_area_calibrated_corrections_take_the_given_labels_total_area(phantom):
+    """``correct_area``: the correcting predictions, over all noisy cases, mark as many
+    pixels as the given noisy labels do; argmax (off) marks what the network says."""
+    from aeseg.methods.aide import area_threshold
+
+    p = torch.tensor([0.9, 0.2, 0.7, 0.55, 0.1])
+    assert area_threshold(p, 2) == pytest.approx(0.7) and int((p >= area_threshold(p, 2)).sum()) == 2
+    assert int((p >= area_threshold(p, 0)).sum()) == 0 and int((p >= area_threshold(p, 9)).sum()) == 5
+    _, data, _ = phantom
+    tr = data.train
+    m_on = _method(data, correct_area=True, largest_component=False)
+    m_off = _method(data, correct_area=False, largest_component=False)  # the same weights (seeded)
+    for m in (m_on, m_off):
+        for e in range(3):
+            _epoch(m, e)
+    m_off.nets[0].load_state_dict(m_on.nets[0].state_dict())
+    cases = m_on.noisy_cases
+    given = sum(int(tr.labels[tr.records[r].start:tr.records[r].start + tr.records[r].count].sum()) for r in cases)
+    on = m_on._predict_labels(m_on.nets[0], cases)
+    off = m_off._predict_labels(m_off.nets[0], cases)
+    marked_on = sum(int(v.sum()) for v in on.values())
+    marked_off = sum(int(v.sum()) for v in off.values())
+    assert abs(marked_on - given) <= 2, (marked_on, given)  # ties at the threshold only
+    assert marked_off != given and all(set(v.unique().tolist()) <= {0, 1} for v in on.values())
+
+
 def test_consistency_weight_follows_the_ramp(phantom):
     _, data, _ = phantom
     m = _method(data, warmup=4)

@@ -61,6 +61,13 @@ Deviations, all documented and switchable where they matter:
   are predicted: one forward pass fewer per network and step;
 - ``correct_warmup`` (−1 = as published): a correction warm-up of its own, so that
   corrections can be spaced out while the consistency ramp is long;
+- ``correct_area`` (off = argmax, as published): a correcting prediction marks the pixels
+  whose foreground probability is above one threshold per network and correction, chosen
+  so that the predictions of all noisy cases together mark as many pixels as the given
+  noisy labels. Where the small-loss half favours one direction of label error (dilated
+  labels lose less Dice than eroded ones), the networks drift towards over-segmenting and
+  an argmax correction copies that drift into the label sets; the threshold anchors the
+  corrected sets' total area to the given labels', which such noise leaves about right;
 - ``train_rotation`` (0 = the project's flips only): random rotations U(±deg) of the
   training batch, image and label sets alike; the code trains with 60° rotations and
   left-right flips.
@@ -144,6 +151,7 @@ class AideConfig(NetConfig):
     correct_start: int = field(default=1, metadata={"help": "first epoch (1-based) a correction may happen (paper: 1; later for short epochs)", "min": 1})
     correct_fraction: float = field(default=0.25, metadata={"help": "share of noisy cases (lowest Dice) corrected each time", "min": 0.0, "max": 1.0})
     largest_component: bool = field(default=True, metadata={"help": "keep only the largest connected component of a correcting prediction"})
+    correct_area: bool = field(default=False, metadata={"help": "threshold the correcting predictions so that their total area over the noisy cases equals the given noisy labels' (off: argmax, as published)"})
     precise_bn: bool = field(default=True, metadata={"help": "recompute BatchNorm statistics on the training slices after every epoch (stable eval-mode predictions for correction and validation)"})
     predict_with: Literal["average", "net1", "net2"] = field(default="average", metadata={"help": "network(s) used for predictions"})
     standardize: bool = field(default=True, metadata={"help": "task standardization: unlabelled cases first get pseudo labels from a model trained on the clean ones"})
@@ -188,6 +196,15 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
         return mask.astype(np.uint8)
     sizes = np.bincount(lab.ravel())[1:]
     return (lab == (int(np.argmax(sizes)) + 1)).astype(np.uint8)
+
+
+def area_threshold(prob: torch.Tensor, area: int) -> float:
+    """The foreground threshold t at which ``prob >= t`` marks ``area`` pixels (the
+    ``area``-th largest probability; 1.01 for area 0, so that nothing is marked)."""
+    if area <= 0:
+        return 1.01
+    flat = prob.flatten()
+    return float(torch.topk(flat, min(int(area), flat.numel())).values[-1])
 
 
 def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -365,13 +382,15 @@ class Aide(Method):
     # --- global label correction -------------------------------------------------------
     @torch.no_grad()
     def _predict_labels(self, net: torch.nn.Module, records: list[int], batch_size: int = 64) -> dict[int, torch.Tensor]:
-        """Argmax prediction ``(n, 1, S, S)`` uint8 (CPU) of every slice of ``records``,
-        largest connected component per case when configured."""
+        """Binary prediction ``(n, 1, S, S)`` uint8 (CPU) of every slice of ``records``:
+        argmax, or with ``correct_area`` the foreground probability above the threshold
+        that gives the predictions of all ``records`` the given labels' total area;
+        then the largest connected component per case when configured."""
         train = self.ctx.data.train
         net = getattr(net, "module", net)
         was = net.training
         net.eval()
-        out = {}
+        fg = {}
         for ri in records:
             rec = train.records[ri]
             parts = []
@@ -379,13 +398,21 @@ class Aide(Method):
                 e = min(s + batch_size, rec.start + rec.count)
                 with self.ctx.autocast():
                     lg = net(train.images[s:e].to(self.ctx.device))
-                parts.append(lg.float().argmax(1, keepdim=True).to(torch.uint8).cpu())
-            pred = torch.cat(parts)
-            if self.config.largest_component:
-                pred = torch.from_numpy(largest_component(pred[:, 0].numpy()))[:, None]
-            out[ri] = pred
+                lg = lg.float()
+                parts.append(torch.softmax(lg, 1)[:, 1:2].cpu() if self.config.correct_area
+                             else lg.argmax(1, keepdim=True).to(torch.uint8).cpu())
+            fg[ri] = torch.cat(parts)
         net.train(was)
-        return out
+        if self.config.correct_area:
+            t = area_threshold(torch.cat([fg[ri].flatten() for ri in records]),
+                               sum(int((train.labels[train.records[ri].start:train.records[ri].start
+                                                    + train.records[ri].count] > 0).sum()) for ri in records))
+            binary = {ri: (p >= t).to(torch.uint8) for ri, p in fg.items()}
+        else:
+            binary = fg
+        if self.config.largest_component:
+            binary = {ri: torch.from_numpy(largest_component(b[:, 0].numpy()))[:, None] for ri, b in binary.items()}
+        return binary
 
     def correct_labels(self, epoch: int) -> list[dict]:
         """Global label correction (paper "global label correction"; code: end of each epoch):
