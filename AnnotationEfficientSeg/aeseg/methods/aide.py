@@ -404,9 +404,9 @@ class Aide(Method):
             fg[ri] = torch.cat(parts)
         net.train(was)
         if self.config.correct_area:
-            t = area_threshold(torch.cat([fg[ri].flatten() for ri in records]),
-                               sum(int((train.labels[train.records[ri].start:train.records[ri].start
-                                                    + train.records[ri].count] > 0).sum()) for ri in records))
+            cases = [train.records[ri] for ri in records]
+            given = sum(int((train.labels[r.start:r.start + r.count] > 0).sum()) for r in cases)
+            t = area_threshold(torch.cat([fg[ri].flatten() for ri in records]), given)
             binary = {ri: (p >= t).to(torch.uint8) for ri, p in fg.items()}
         else:
             binary = fg
