@@ -155,6 +155,11 @@ image to be the zoomed mask of the image: L1 between ``σ(G_A(zoom(x)))`` and
 ``zoom(σ(G_A(x)))``, zoom 1 ± 0.3, weight 10 beside the cycle's 10. Stage 1 alone, seeds 0–3:
 0.548 / 0.597 / 0.599 / 0.612 (0.589, plan 0.612), slope 0.23–0.29: G_A scales its masks with
 the image but still does not find the head's own size. Not kept; the switch was removed.
+
+Session 22 (EPYC host, 5 seeds, no ablations): zooming the rounds' images and pseudo labels
+alike by U(1/1.6, 1.6), so that G_A's size errors in both directions meet at every apparent
+size, lowered the final test Dice to 0.638 from 0.663 (4 of 5 seeds lower; stage 1
+unchanged at 0.621). Not kept.
 """
 
 from __future__ import annotations
