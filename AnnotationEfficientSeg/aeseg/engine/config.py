@@ -27,7 +27,6 @@ class EngineConfig:
     progress_interval: float = field(default=0.5, metadata={"help": "seconds between progress events", "min": 0.0})
     threads: int = field(default=0, metadata={"help": "CPU threads (0: PyTorch default)", "min": 0})
     probability_maps: bool = field(default=True, metadata={"help": "write maps/<case>/probability.nrrd"})
-    threshold: Literal["fixed", "label_area"] = field(default="fixed", metadata={"help": "output threshold: 0.5 (fixed), or the one at which the predictions of the labelled training cases mark as many voxels as their labels (label_area: for noisy labels whose errors balance in area while the network over- or under-segments; applied as a logit offset and kept with the model)"})
 
 
 SECTIONS = ("method", "engine", "data")

@@ -20,7 +20,6 @@ from ..data.slicing import to_slices
 from ..io.atomic import write_bytes, write_json
 from ..io.segmentation import Segment, write_seg_nrrd
 from ..methods.base import CaseQuality, QualityResult
-from ..quality.calibration import label_area_offset, shift
 from ..quality.metrics import dice
 from ..quality.table import rank_rows, write_quality_csv
 from .inference import predict_case
@@ -52,7 +51,7 @@ def default_quality(records: dict[str, tuple[str, CaseRecord]], preds: dict[str,
     return QualityResult(rows)
 
 
-def save_model(job: JobFolder, method, data: CohortData, cfg, st, calibration: dict | None = None) -> list[Path]:
+def save_model(job: JobFolder, method, data: CohortData, cfg, st) -> list[Path]:
     from .loop import _unwrap
 
     state = {"method": cfg.method, "modules": {k: _unwrap(m).state_dict() for k, m in method.modules().items()}}
@@ -67,30 +66,10 @@ def save_model(job: JobFolder, method, data: CohortData, cfg, st, calibration: d
         "metrics": {"best_val_dice": st.best if st.best >= 0 else None, "best_epoch": st.best_epoch + 1 if st.best_epoch >= 0 else None,
                     "epochs_run": len(st.history)},
         "weights": cfg.engine.final,
-        "calibration": calibration,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json(job.model_dir / "model.json", spec)
     return [job.model_dir / "model.pt", job.model_dir / "model.json"]
-
-
-def calibrate(job: JobFolder, cfg, records: dict[str, tuple[str, CaseRecord]], preds: dict[str, np.ndarray]
-              ) -> dict | None:
-    """``engine.threshold=label_area``: the output calibration from the labelled training
-    cases (:mod:`aeseg.quality.calibration`), announced as a note; None when it is off or
-    no training case has a label (the threshold then stays 0.5)."""
-    if cfg.engine.threshold != "label_area":
-        return None
-    pairs = [(preds[cid], rec.label_zyx) for cid, (split, rec) in records.items()
-             if split == "train" and rec.label_zyx is not None]
-    if not pairs:
-        job.events.emit("note", message="threshold=label_area: no labelled training case to calibrate on; "
-                                        "the output threshold stays 0.5")
-        return None
-    t, offset, area = label_area_offset(pairs)
-    job.events.emit("note", message=f"output threshold {t:.4f} (instead of 0.5): the predictions of the "
-                                    f"{len(pairs)} labelled training cases mark their labels' {area} voxels")
-    return {"kind": "label_area", "threshold": t, "logit_offset": offset, "label_voxels": area, "cases": len(pairs)}
 
 
 def finalize(job: JobFolder, method, data: CohortData, cfg, st, cohort) -> None:
@@ -101,10 +80,7 @@ def finalize(job: JobFolder, method, data: CohortData, cfg, st, cohort) -> None:
     for split, s, rec in data.all_records():
         records[rec.case_id] = (split, rec)
         preds[rec.case_id] = predict_case(method, s, rec, axis, method.ctx.device)
-    calibration = calibrate(job, cfg, records, preds)
-    if calibration is not None:
-        preds = {cid: shift(p, calibration["logit_offset"]) for cid, p in preds.items()}
-    for p in save_model(job, method, data, cfg, st, calibration):
+    for p in save_model(job, method, data, cfg, st):
         job.events.emit("artifact", path=job.rel(p), kind="model")
 
     quality = method.quality(preds, job) or default_quality(records, preds)

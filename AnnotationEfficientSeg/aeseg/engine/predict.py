@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,6 @@ from ..errors import AesegError, JobError
 from ..io.segmentation import write_segmentation
 from ..methods.base import MethodContext
 from ..methods.registry import get_method
-from ..quality.calibration import shift
 from .config import resolve_config
 from .device import pick_device
 from .inference import predict_case
@@ -42,19 +40,6 @@ def read_spec(d: Path) -> tuple[str, dict, int]:
         return str(spec["method"]), dict(spec["config"]), int(spec["input"]["in_channels"])
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise JobError(f"{d / 'model.json'}: unreadable ({type(e).__name__}: {e}); {MODEL_FIX}") from e
-
-
-def read_offset(d: Path) -> float:
-    """The logit offset of the model's output calibration (``model.json`` "calibration",
-    written by ``engine.threshold=label_area``); 0 for a model without one."""
-    try:
-        cal = json.loads((d / "model.json").read_text(encoding="utf-8")).get("calibration") or {}
-        off = float(cal.get("logit_offset", 0.0))
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as e:
-        raise JobError(f"{d / 'model.json'}: unreadable calibration ({type(e).__name__}: {e}); {MODEL_FIX}") from e
-    if not math.isfinite(off):
-        raise JobError(f"{d / 'model.json'}: calibration logit_offset {off} is not a finite number; {MODEL_FIX}")
-    return off
 
 
 def channels_text(n: int) -> str:
@@ -148,7 +133,6 @@ def predict_images(model: str | os.PathLike, images: list[str | os.PathLike], ou
     image fails to read part-way, what was already written (the error says how many)."""
     plan = plan_outputs(images, out_dir, fmt)
     _, _, in_channels = read_spec(model_dir(model))
-    offset = read_offset(model_dir(model))
     for case, _ in plan:  # from the headers, before anything is loaded or written
         try:
             check_channels(case.image, image_channels(case.image), in_channels)
@@ -164,7 +148,7 @@ def predict_images(model: str | os.PathLike, images: list[str | os.PathLike], ou
             done = f"{len(written)} of {len(plan)} predictions written to {Path(out_dir)}" if written else "nothing was written"
             raise type(e)(f"{e} ({done})") from None
         rec = s.records[0]
-        prob = shift(predict_case(method, s, rec, cfg.data.axis, dev), offset)
+        prob = predict_case(method, s, rec, cfg.data.axis, dev)
         write_segmentation(dest, prob > 0.5, rec.geometry, name="Prediction")
         written.append(dest)
         if on_written is not None:

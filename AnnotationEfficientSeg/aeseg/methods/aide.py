@@ -117,7 +117,6 @@ from ..data.dataset import KIND_CODES, CaseRecord, SliceSet
 from ..data.slicing import from_slices
 from ..data.transforms import resize_probabilities
 from ..nets import NetConfig, make_unet
-from ..quality.calibration import area_threshold
 from .augment import apply, invert, sample_affine
 from .base import CaseQuality, CohortSummary, EpochReport, Method, QualityResult, StepInfo
 from .common import random_rotations, recalibrate_bn
@@ -197,6 +196,15 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
         return mask.astype(np.uint8)
     sizes = np.bincount(lab.ravel())[1:]
     return (lab == (int(np.argmax(sizes)) + 1)).astype(np.uint8)
+
+
+def area_threshold(prob: torch.Tensor, area: int) -> float:
+    """The foreground threshold t at which ``prob >= t`` marks ``area`` pixels (the
+    ``area``-th largest probability; 1.01 for area 0, so that nothing is marked)."""
+    if area <= 0:
+        return 1.01
+    flat = prob.flatten()
+    return float(torch.topk(flat, min(int(area), flat.numel())).values[-1])
 
 
 def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -398,7 +406,7 @@ class Aide(Method):
         if self.config.correct_area:
             cases = [train.records[ri] for ri in records]
             given = sum(int((train.labels[r.start:r.start + r.count] > 0).sum()) for r in cases)
-            t = area_threshold(torch.cat([fg[ri].flatten() for ri in records]).numpy(), given)
+            t = area_threshold(torch.cat([fg[ri].flatten() for ri in records]), given)
             binary = {ri: (p >= t).to(torch.uint8) for ri, p in fg.items()}
         else:
             binary = fg
