@@ -160,6 +160,15 @@ Session 22 (EPYC host, 5 seeds, no ablations): zooming the rounds' images and ps
 alike by U(1/1.6, 1.6), so that G_A's size errors in both directions meet at every apparent
 size, lowered the final test Dice to 0.638 from 0.663 (4 of 5 seeds lower; stage 1
 unchanged at 0.621). Not kept.
+
+Session 23 (EPYC host, seed 0, scratch analysis of the round-0 pseudo labels of the 300
+training images, Dice against the truth 0.621): an ellipse fitted to each pseudo label by
+its second moments 0.645; that ellipse rescaled (0.4–2.2×) to the contour with the
+strongest smoothed image gradient 0.633 (to the brightest contour 0.562: speckle, clutter
+and the skull's gaps defeat a hand-made edge search); the fitted ellipse rescaled to the
+true area 0.696, and the truth's own fitted ellipse 0.996. So correcting the size alone
+would not reach the oracle: G_A's centres and orientations are off as well (area slope 0.26).
+Nothing kept.
 """
 
 from __future__ import annotations
