@@ -247,6 +247,13 @@ over-segmentation drift of the corrections on phantom 0 (1.22–1.33x the true a
 of 1.45–1.8x) and raised the triage Spearman on all three phantoms (means over 12 seeds
 0.79 / 0.86 / 0.79 against 0.66 / 0.81 / 0.69). What is left is per case: one job's test
 predictions range from 0.15x to 1.8x the true area.
+Session 23 (same host, phantom 0, 12 seeds, paired against the plan's 0.750): corrections
+made by an exponential moving average of each network's weights (decay 0.95, a scratch
+``correct_ema`` switch) 0.731, −0.019 (−0.039 … +0.001), better in 3 of 12: the average lags
+the networks while they still improve. The finished models' output thresholded to the
+labelled training cases' total area (an engine option, tried and reverted) moves AIDE by
+−0.005 and the noisy baseline by +0.014 / +0.000 / −0.047 on phantoms 0 / 1 / 2
+(``benchmarks/NOTES.md``): ``correct_area`` already makes that correction during training.
 """
 
 from harness import Plan, Variant
