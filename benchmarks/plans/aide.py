@@ -257,7 +257,8 @@ labelled training cases' total area (an engine option, tried and reverted) moves
 The plan's ablation rows over the same 12 seeds: without global correction 0.700, one
 network 0.709, without local filtering 0.748 (AIDE minus the row +0.050, +0.041, +0.002).
 Flip-only views (``rotation=0``) 0.751 (0.730–0.779 per seed against 0.662–0.803), paired
-+0.001; timed paired in one process they do not make a step cheaper. Other settings, 6 seeds
++0.001; on phantoms 1 / 2 0.771 / 0.763, paired +0.009 / −0.002 (intervals spanning zero);
+timed paired in one process they do not make a step cheaper. Not in the plan. Other settings, 6 seeds
 each: high noise 0.612 (noisy baseline 0.497, clean-only 0.686, oracle 0.839; 34 %), low
 noise 0.800 (0.783; 30 %), one clean volume 0.383 (pseudo-label baseline 0.306; 14 %).
 """
