@@ -152,6 +152,7 @@ class AideConfig(NetConfig):
     correct_fraction: float = field(default=0.25, metadata={"help": "share of noisy cases (lowest Dice) corrected each time", "min": 0.0, "max": 1.0})
     largest_component: bool = field(default=True, metadata={"help": "keep only the largest connected component of a correcting prediction"})
     correct_area: bool = field(default=False, metadata={"help": "threshold the correcting predictions so that their total area over the noisy cases equals the given noisy labels' (off: argmax, as published)"})
+    area_reference: Literal["given", "validation"] = field(default="given", metadata={"help": "with correct_area: the threshold makes the noisy cases' predictions as large as their given labels together (given), or makes the network's predictions of the validation cases as large as their expert labels (validation; the given area when there are none)"})
     precise_bn: bool = field(default=True, metadata={"help": "recompute BatchNorm statistics on the training slices after every epoch (stable eval-mode predictions for correction and validation)"})
     predict_with: Literal["average", "net1", "net2"] = field(default="average", metadata={"help": "network(s) used for predictions"})
     standardize: bool = field(default=True, metadata={"help": "task standardization: unlabelled cases first get pseudo labels from a model trained on the clean ones"})
@@ -383,30 +384,37 @@ class Aide(Method):
     @torch.no_grad()
     def _predict_labels(self, net: torch.nn.Module, records: list[int], batch_size: int = 64) -> dict[int, torch.Tensor]:
         """Binary prediction ``(n, 1, S, S)`` uint8 (CPU) of every slice of ``records``:
-        argmax, or with ``correct_area`` the foreground probability above the threshold
-        that gives the predictions of all ``records`` the given labels' total area;
+        argmax, or with ``correct_area`` the foreground probability above a threshold: the
+        one that gives the predictions of all ``records`` the given labels' total area, or
+        with ``area_reference=validation`` the one at which ``net``'s predictions of the
+        validation slices mark as many pixels as their expert labels;
         then the largest connected component per case when configured."""
-        train = self.ctx.data.train
+        c = self.config
+        train, val = self.ctx.data.train, self.ctx.data.val
         net = getattr(net, "module", net)
         was = net.training
         net.eval()
-        fg = {}
-        for ri in records:
-            rec = train.records[ri]
+
+        def predict(images: torch.Tensor) -> torch.Tensor:
             parts = []
-            for s in range(rec.start, rec.start + rec.count, batch_size):
-                e = min(s + batch_size, rec.start + rec.count)
+            for s in range(0, len(images), batch_size):
                 with self.ctx.autocast():
-                    lg = net(train.images[s:e].to(self.ctx.device))
-                lg = lg.float()
-                parts.append(torch.softmax(lg, 1)[:, 1:2].cpu() if self.config.correct_area
+                    lg = net(images[s:s + batch_size].to(self.ctx.device)).float()
+                parts.append(torch.softmax(lg, 1)[:, 1:2].cpu() if c.correct_area
                              else lg.argmax(1, keepdim=True).to(torch.uint8).cpu())
-            fg[ri] = torch.cat(parts)
+            return torch.cat(parts)
+
+        fg = {ri: predict(train.images[train.records[ri].start:train.records[ri].start + train.records[ri].count])
+              for ri in records}
+        by_validation = c.correct_area and c.area_reference == "validation" and len(val.records) > 0
+        if by_validation:
+            t = area_threshold(predict(val.images), int((val.labels > 0).sum()))
         net.train(was)
-        if self.config.correct_area:
-            cases = [train.records[ri] for ri in records]
-            given = sum(int((train.labels[r.start:r.start + r.count] > 0).sum()) for r in cases)
-            t = area_threshold(torch.cat([fg[ri].flatten() for ri in records]), given)
+        if c.correct_area:
+            if not by_validation:
+                cases = [train.records[ri] for ri in records]
+                given = sum(int((train.labels[r.start:r.start + r.count] > 0).sum()) for r in cases)
+                t = area_threshold(torch.cat([fg[ri].flatten() for ri in records]), given)
             binary = {ri: (p >= t).to(torch.uint8) for ri, p in fg.items()}
         else:
             binary = fg
