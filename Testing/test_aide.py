@@ -371,6 +371,51 @@ def test_resume_gives_the_same_label_sets_and_weights(phantom):
         assert torch.equal(pa, pb)
 
 
+def test_refit_trains_a_fresh_network_on_the_final_label_sets(phantom):
+    """``refit``: after AIDE a supervised U-Net learns from the latest corrected label of
+    each noisy case (the given one when never corrected) and the expert labels, and then
+    predicts; AIDE's own networks are left as they were."""
+    _, data, _ = phantom
+    tr = data.train
+    m = _method(data, refit=True, correct_fraction=0.34)
+    assert [(p.name, p.restart_selection) for p in m.phases(6)] == [("train", False), ("refit", True)]
+    assert m.phases(6)[1].epochs == 6 and _method(data, refit=True, refit_epochs=2).phases(6)[1].epochs == 2
+    assert [p.name for p in _method(data).phases(6)] == ["train"]
+    for e in range(3):
+        _epoch(m, e)
+    m.history.extend(m.correct_labels(2))
+    m.history.extend(m.correct_labels(3))  # a second round: some cases corrected in both sets
+    m.begin_phase(next(p for p in m.phases(6) if p.name == "refit"))
+    assert int(m.stage.value) == 1
+    labels = m.refit_labels
+    never = 0
+    for ri in m.noisy_cases:
+        rec = tr.records[ri]
+        sl = slice(rec.start, rec.start + rec.count)
+        latest = [h for h in m.history if h["case"] == rec.case_id]
+        if not latest:
+            never += 1
+            assert torch.equal(labels[sl].long(), tr.labels[sl])
+        else:
+            k = max(latest, key=lambda h: (h["epoch"], -h["label_set"]))["label_set"] - 1
+            assert torch.equal(labels[sl], m.label_sets[k][sl])
+    assert never < len(m.noisy_cases)
+    clean = tr.kind == 0
+    assert torch.equal(labels[clean].long(), tr.labels[clean])
+    before = [p.detach().clone() for n in m.nets for p in n.parameters()]
+    refit_before = [p.detach().clone() for p in m.refit.net.parameters()]
+    idx = tr.indices(("clean", "noisy"))[:8]
+    out = m.train_step(tr.batch(idx), StepInfo("refit", 0, 2, 0, 1, 0))
+    assert math.isfinite(out["loss"])
+    assert all(torch.equal(a, b) for a, b in zip(before, (p for n in m.nets for p in n.parameters())))
+    assert any(not torch.equal(a, b) for a, b in zip(refit_before, m.refit.net.parameters()))
+    x = tr.images[idx]
+    assert torch.allclose(m.predict_proba(x), m.refit.predict_proba(x))
+    m.stage.value.fill_(0)
+    avg = sum(torch.softmax(n.eval()(x), 1) for n in m.nets) / 2
+    assert torch.allclose(m.predict_proba(x), avg, atol=1e-6)
+
+
 def test_unsupported_reasons():
     from aeseg.cohort.summary import CohortSummary
     from aeseg.methods.aide import Aide, AideConfig
@@ -429,3 +474,25 @@ def test_job_writes_corrections_quality_and_maps(tiny_cohort, tmp_path):
     assert sum(len(p) for p in pts.values()) == len(corr)
     artifacts = [e["path"] for e in events if e["type"] == "artifact"]
     assert "report/report.html" in artifacts
+
+
+def test_job_with_refit_trains_both_phases_and_its_model_predicts_with_the_refit_network(tiny_cohort, tmp_path):
+    from aeseg.engine.config import resolve_config
+    from aeseg.engine.events import read_events
+    from aeseg.engine.loop import create_job, run_job
+    from aeseg.engine.predict import load_model
+
+    cfg = resolve_config("aide", {"engine.epochs": 2, "engine.batch_size": 8, "data.size": 32, "features": 8,
+                                  "depth": 3, "warmup": 1, "views": 2, "refit": True, "refit_epochs": 2,
+                                  "engine.probability_maps": False}, seed=0)
+    job = create_job(tmp_path / "job", tiny_cohort, cfg)
+    assert run_job(job.root, progress_bar=False).status == "done"
+    epochs = [e for e in read_events(job.root / "events.jsonl") if e["type"] == "epoch" and ":" not in e["phase"]]
+    assert [e["phase"] for e in epochs] == ["train", "train", "refit", "refit"]  # after task standardization
+    assert epochs[2].get("best")  # the refit phase starts the model selection over
+    assert (job.root / "corrections.csv").is_file() and any((job.root / "corrections").iterdir())
+    method, _, _ = load_model(job.root)
+    assert int(method.stage.value) == 1
+    x = torch.rand(2, method.ctx.in_channels, 32, 32) * 2 - 1
+    assert torch.allclose(method.predict_proba(x), method.refit.predict_proba(x))
+    assert not torch.allclose(method.predict_proba(x), sum(torch.softmax(n.eval()(x), 1) for n in method.nets) / 2)

@@ -118,9 +118,10 @@ from ..data.slicing import from_slices
 from ..data.transforms import resize_probabilities
 from ..nets import NetConfig, make_unet
 from .augment import apply, invert, sample_affine
-from .base import CaseQuality, CohortSummary, EpochReport, Method, QualityResult, StepInfo
-from .common import random_rotations, recalibrate_bn
+from .base import CaseQuality, CohortSummary, EpochReport, Method, Phase, QualityResult, StepInfo
+from .common import Stage, random_rotations, recalibrate_bn
 from .registry import register
+from .supervised import Supervised, SupervisedConfig
 
 CLEAN, NOISY = KIND_CODES["clean"], KIND_CODES["noisy"]
 
@@ -157,6 +158,8 @@ class AideConfig(NetConfig):
     predict_with: Literal["average", "net1", "net2"] = field(default="average", metadata={"help": "network(s) used for predictions"})
     standardize: bool = field(default=True, metadata={"help": "task standardization: unlabelled cases first get pseudo labels from a model trained on the clean ones"})
     standardize_epochs: int = field(default=0, metadata={"help": "epochs of the standardization model (0: as many as the main run)", "min": 0})
+    refit: bool = field(default=False, metadata={"help": "after AIDE, train a fresh U-Net (the supervised recipe) on the clean and final corrected labels; it becomes the final model (not in the paper; off: AIDE's networks predict)"})
+    refit_epochs: int = field(default=0, metadata={"help": "epochs of the refit phase (0: as many as the main run)", "min": 0})
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -256,23 +259,41 @@ class Aide(Method):
         # epoch (1-based) of the last correction per (label set, record); 0 = never
         self.last_corrected = torch.zeros(n_nets, len(train.records), dtype=torch.long)
         self._final: dict[str, np.ndarray] | None = None
+        # refit: a supervised U-Net trained on the final label sets after the AIDE phase
+        self.refit: Supervised | None = None
+        self.refit_labels: torch.Tensor | None = None
+        self.stage = Stage().to(ctx.device)  # 0: AIDE's networks predict, 1: the refit U-Net
+        if c.refit:
+            rc = SupervisedConfig(features=c.features, depth=c.depth, res_units=c.res_units, labels="all", lr=c.lr,
+                                  augment=c.augment, train_rotation=c.train_rotation, precise_bn=c.precise_bn)
+            self.refit = Supervised(rc, ctx)
 
     # --- state ---------------------------------------------------------------------
     def modules(self):
-        return {f"net{k + 1}": n for k, n in enumerate(self.nets)}
+        out = {f"net{k + 1}": n for k, n in enumerate(self.nets)}
+        if self.refit is not None:
+            out.update({"refit_net": self.refit.net, "stage": self.stage})
+        return out
 
     def optimizers(self):
         out = {f"opt{k + 1}": o for k, o in enumerate(self.opts)}
         out.update({f"sched{k + 1}": s for k, s in enumerate(self.scheds) if s is not None})
+        if self.refit is not None:
+            out["refit_opt"] = self.refit.opt
         return out
 
     def extra_state(self):
-        return {"rng": self.g.get_state(), "history": [dict(h) for h in self.history],
-                "last_corrected": self.last_corrected.clone(),
-                **{f"labels{k + 1}": ls.clone() for k, ls in enumerate(self.label_sets)}}
+        out = {"rng": self.g.get_state(), "history": [dict(h) for h in self.history],
+               "last_corrected": self.last_corrected.clone(),
+               **{f"labels{k + 1}": ls.clone() for k, ls in enumerate(self.label_sets)}}
+        if self.refit is not None:
+            out["refit_rng"] = self.refit.g.get_state()
+        return out
 
     def load_extra_state(self, state):
         self.g.set_state(state["rng"])
+        if self.refit is not None and "refit_rng" in state:
+            self.refit.g.set_state(state["refit_rng"])
         self.history = [dict(h) for h in state.get("history", [])]
         if "last_corrected" in state:
             self.last_corrected = state["last_corrected"].clone()
@@ -282,6 +303,30 @@ class Aide(Method):
 
     def _peer(self, k: int) -> int:
         return (k + 1) % len(self.nets)
+
+    # --- phases ----------------------------------------------------------------------
+    def phases(self, epochs: int) -> list[Phase]:
+        out = [Phase("train", epochs)]
+        if self.refit is not None:
+            out.append(Phase("refit", self.config.refit_epochs or epochs, restart_selection=True))
+        return out
+
+    def begin_phase(self, phase: Phase) -> None:
+        if phase.name == "refit":
+            self.refit_labels = self.final_training_labels()
+            self.stage.value.fill_(1)
+
+    def final_training_labels(self) -> torch.Tensor:
+        """The training slices' labels after AIDE ``(N, 1, S, S)`` uint8: each noisy case's
+        latest correction (its given label when never corrected), expert labels as given."""
+        train = self.ctx.data.train
+        out = train.labels.to(torch.uint8).clone()
+        for ri in self.noisy_cases:
+            k = self.final_label_set(ri)
+            if k is not None:
+                rec = train.records[ri]
+                out[rec.start:rec.start + rec.count] = self.label_sets[k][rec.start:rec.start + rec.count]
+        return out
 
     # --- training --------------------------------------------------------------------
     def per_image_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -328,6 +373,9 @@ class Aide(Method):
         return avg, confidence_weight(avg)
 
     def train_step(self, batch: dict, info: StepInfo) -> dict[str, float]:
+        if info.phase == "refit":
+            labels = self.refit_labels[batch["index"].cpu()].to(batch["image"].device).long()
+            return self.refit.train_step({**batch, "label": labels}, info)
         c = self.config
         dev = self.ctx.device
         x, kind = batch["image"], batch["kind"]
@@ -464,6 +512,8 @@ class Aide(Method):
         recalibrate_bn(self.nets, train.images, train.indices(("clean", "noisy")), self.ctx.device)
 
     def end_epoch(self, info: StepInfo) -> EpochReport:
+        if info.phase == "refit":
+            return self.refit.end_epoch(info)
         c = self.config
         for s in self.scheds:
             if s is not None:
@@ -498,6 +548,8 @@ class Aide(Method):
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        if self.refit is not None and int(self.stage.value) == 1:
+            return self.refit.predict_proba(images)
         nets = self._predict_nets()
         acc = None
         for n in nets:
@@ -663,6 +715,8 @@ class Aide(Method):
     def train_mode(self, training: bool) -> None:
         for n in self.nets:
             n.train(training)
+        if self.refit is not None:
+            self.refit.net.train(training)
 
 
 __all__ = ["Aide", "AideConfig", "consistency_ramp", "correction_due", "sharpen", "confidence_weight", "largest_component"]
