@@ -211,6 +211,51 @@ def test_area_calibrated_corrections_take_the_given_labels_total_area(phantom):
     assert marked_off != given and all(set(v.unique().tolist()) <= {0, 1} for v in on.values())
 
 
+def test_area_reference_validation_takes_the_threshold_from_the_validation_labels(phantom):
+    """``area_reference=validation``: the threshold is where the network's predictions of
+    the validation slices mark as many pixels as their expert labels, whatever the noisy
+    labels' area; without validation cases it falls back to the given labels' area."""
+    import dataclasses
+
+    from aeseg.methods.aide import area_threshold
+
+    _, data, _ = phantom
+    tr = data.train
+    m = _method(data, correct_area=True, largest_component=False)
+    for e in range(3):
+        _epoch(m, e)
+    cases = m.noisy_cases
+
+    def marked(val_labels):
+        val = dataclasses.replace(tr, labels=val_labels)
+        mv = _method(dataclasses.replace(data, val=val), correct_area=True, area_reference="validation",
+                     largest_component=False)
+        mv.nets[0].load_state_dict(m.nets[0].state_dict())
+        return mv, mv._predict_labels(mv.nets[0], cases)
+
+    _, none = marked(torch.zeros_like(tr.labels))
+    assert sum(int(v.sum()) for v in none.values()) == 0
+    _, every = marked(torch.ones_like(tr.labels))
+    assert all(bool(v.all()) for v in every.values())
+    # validation labels = the training slices' own: the threshold that gives the network's
+    # predictions of all of them their labels' total area, applied to the noisy cases
+    mv, own = marked(tr.labels)
+    net = mv.nets[0].eval()
+    with torch.no_grad():
+        p = torch.softmax(net(tr.images), 1)[:, 1:2]
+    t = area_threshold(p, int((tr.labels > 0).sum()))
+    for ri in cases:
+        r = tr.records[ri]
+        assert torch.equal(own[ri], (p[r.start:r.start + r.count] >= t).to(torch.uint8))
+    # no validation case: the given labels' area, as with area_reference=given
+    empty = dataclasses.replace(tr, images=tr.images[:0], labels=tr.labels[:0], records=[])
+    mg = _method(dataclasses.replace(data, val=empty), correct_area=True, area_reference="validation",
+                 largest_component=False)
+    mg.nets[0].load_state_dict(m.nets[0].state_dict())
+    a, b = mg._predict_labels(mg.nets[0], cases), m._predict_labels(m.nets[0], cases)
+    assert all(torch.equal(a[ri], b[ri]) for ri in cases)
+
+
 def test_consistency_weight_follows_the_ramp(phantom):
     _, data, _ = phantom
     m = _method(data, warmup=4)
