@@ -68,9 +68,26 @@ Deviations, all documented and switchable where they matter:
   labels lose less Dice than eroded ones), the networks drift towards over-segmenting and
   an argmax correction copies that drift into the label sets; the threshold anchors the
   corrected sets' total area to the given labels', which such noise leaves about right;
+- ``area_reference`` (with ``correct_area``; ``given`` = the above): ``validation`` takes
+  the threshold from the validation cases instead, the one at which the network's
+  predictions of their slices mark as many pixels as their expert labels. Where the
+  noise is not area-neutral (a dilation adds more area than an erosion of the same
+  radius removes) the given labels' total area is itself too large, and anchoring to it
+  copies that into every correction;
 - ``train_rotation`` (0 = the project's flips only): random rotations U(±deg) of the
   training batch, image and label sets alike; the code trains with 60° rotations and
-  left-right flips.
+  left-right flips;
+- ``refit`` (off = as published: AIDE's networks are the final model): a second phase
+  trains a fresh U-Net with the supervised baseline's recipe (:mod:`.supervised`: Dice +
+  CE, Adam, flips) on the expert labels and each noisy case's final corrected label, and
+  that network becomes the final model; the engine's best-on-validation selection starts
+  over for it (``Phase.restart_selection``). It is what a user who feeds AIDE's
+  corrections back as labels would train. The reason: by the end the corrected label
+  sets are better than the given ones, but AIDE's networks learnt from every earlier,
+  worse version of them and, after the ramp, from only the small-loss half of each batch
+  with the rest weighted by consistency. Its cost is one supervised training
+  (``refit_epochs``, default the main run's); the AIDE step itself is unchanged. The
+  corrections, ``quality.csv`` and the confidence maps are AIDE's either way.
 
 Cost: besides the two networks' training passes, each network predicts K views of the
 suspected-noisy half of the batch (one batched evaluation-mode forward pass), about a
