@@ -211,51 +211,6 @@ def test_area_calibrated_corrections_take_the_given_labels_total_area(phantom):
     assert marked_off != given and all(set(v.unique().tolist()) <= {0, 1} for v in on.values())
 
 
-def test_area_reference_validation_takes_the_threshold_from_the_validation_labels(phantom):
-    """``area_reference=validation``: the threshold is where the network's predictions of
-    the validation slices mark as many pixels as their expert labels, whatever the noisy
-    labels' area; without validation cases it falls back to the given labels' area."""
-    import dataclasses
-
-    from aeseg.methods.aide import area_threshold
-
-    _, data, _ = phantom
-    tr = data.train
-    m = _method(data, correct_area=True, largest_component=False)
-    for e in range(3):
-        _epoch(m, e)
-    cases = m.noisy_cases
-
-    def marked(val_labels):
-        val = dataclasses.replace(tr, labels=val_labels)
-        mv = _method(dataclasses.replace(data, val=val), correct_area=True, area_reference="validation",
-                     largest_component=False)
-        mv.nets[0].load_state_dict(m.nets[0].state_dict())
-        return mv, mv._predict_labels(mv.nets[0], cases)
-
-    _, none = marked(torch.zeros_like(tr.labels))
-    assert sum(int(v.sum()) for v in none.values()) == 0
-    _, every = marked(torch.ones_like(tr.labels))
-    assert all(bool(v.all()) for v in every.values())
-    # validation labels = the training slices' own: the threshold that gives the network's
-    # predictions of all of them their labels' total area, applied to the noisy cases
-    mv, own = marked(tr.labels)
-    net = mv.nets[0].eval()
-    with torch.no_grad():
-        p = torch.softmax(net(tr.images), 1)[:, 1:2]
-    t = area_threshold(p, int((tr.labels > 0).sum()))
-    for ri in cases:
-        r = tr.records[ri]
-        assert torch.equal(own[ri], (p[r.start:r.start + r.count] >= t).to(torch.uint8))
-    # no validation case: the given labels' area, as with area_reference=given
-    empty = dataclasses.replace(tr, images=tr.images[:0], labels=tr.labels[:0], records=[])
-    mg = _method(dataclasses.replace(data, val=empty), correct_area=True, area_reference="validation",
-                 largest_component=False)
-    mg.nets[0].load_state_dict(m.nets[0].state_dict())
-    a, b = mg._predict_labels(mg.nets[0], cases), m._predict_labels(m.nets[0], cases)
-    assert all(torch.equal(a[ri], b[ri]) for ri in cases)
-
-
 def test_consistency_weight_follows_the_ramp(phantom):
     _, data, _ = phantom
     m = _method(data, warmup=4)
@@ -416,51 +371,6 @@ def test_resume_gives_the_same_label_sets_and_weights(phantom):
         assert torch.equal(pa, pb)
 
 
-def test_refit_trains_a_fresh_network_on_the_final_label_sets(phantom):
-    """``refit``: after AIDE a supervised U-Net learns from the latest corrected label of
-    each noisy case (the given one when never corrected) and the expert labels, and then
-    predicts; AIDE's own networks are left as they were."""
-    _, data, _ = phantom
-    tr = data.train
-    m = _method(data, refit=True, correct_fraction=0.34)
-    assert [(p.name, p.restart_selection) for p in m.phases(6)] == [("train", False), ("refit", True)]
-    assert m.phases(6)[1].epochs == 6 and _method(data, refit=True, refit_epochs=2).phases(6)[1].epochs == 2
-    assert [p.name for p in _method(data).phases(6)] == ["train"]
-    for e in range(3):
-        _epoch(m, e)
-    m.history.extend(m.correct_labels(2))
-    m.history.extend(m.correct_labels(3))  # a second round: some cases corrected in both sets
-    m.begin_phase(next(p for p in m.phases(6) if p.name == "refit"))
-    assert int(m.stage.value) == 1
-    labels = m.refit_labels
-    never = 0
-    for ri in m.noisy_cases:
-        rec = tr.records[ri]
-        sl = slice(rec.start, rec.start + rec.count)
-        latest = [h for h in m.history if h["case"] == rec.case_id]
-        if not latest:
-            never += 1
-            assert torch.equal(labels[sl].long(), tr.labels[sl])
-        else:
-            k = max(latest, key=lambda h: (h["epoch"], -h["label_set"]))["label_set"] - 1
-            assert torch.equal(labels[sl], m.label_sets[k][sl])
-    assert never < len(m.noisy_cases)
-    clean = tr.kind == 0
-    assert torch.equal(labels[clean].long(), tr.labels[clean])
-    before = [p.detach().clone() for n in m.nets for p in n.parameters()]
-    refit_before = [p.detach().clone() for p in m.refit.net.parameters()]
-    idx = tr.indices(("clean", "noisy"))[:8]
-    out = m.train_step(tr.batch(idx), StepInfo("refit", 0, 2, 0, 1, 0))
-    assert math.isfinite(out["loss"])
-    assert all(torch.equal(a, b) for a, b in zip(before, (p for n in m.nets for p in n.parameters())))
-    assert any(not torch.equal(a, b) for a, b in zip(refit_before, m.refit.net.parameters()))
-    x = tr.images[idx]
-    assert torch.allclose(m.predict_proba(x), m.refit.predict_proba(x))
-    m.stage.value.fill_(0)
-    avg = sum(torch.softmax(n.eval()(x), 1) for n in m.nets) / 2
-    assert torch.allclose(m.predict_proba(x), avg, atol=1e-6)
-
-
 def test_unsupported_reasons():
     from aeseg.cohort.summary import CohortSummary
     from aeseg.methods.aide import Aide, AideConfig
@@ -519,25 +429,3 @@ def test_job_writes_corrections_quality_and_maps(tiny_cohort, tmp_path):
     assert sum(len(p) for p in pts.values()) == len(corr)
     artifacts = [e["path"] for e in events if e["type"] == "artifact"]
     assert "report/report.html" in artifacts
-
-
-def test_job_with_refit_trains_both_phases_and_its_model_predicts_with_the_refit_network(tiny_cohort, tmp_path):
-    from aeseg.engine.config import resolve_config
-    from aeseg.engine.events import read_events
-    from aeseg.engine.loop import create_job, run_job
-    from aeseg.engine.predict import load_model
-
-    cfg = resolve_config("aide", {"engine.epochs": 2, "engine.batch_size": 8, "data.size": 32, "features": 8,
-                                  "depth": 3, "warmup": 1, "views": 2, "refit": True, "refit_epochs": 2,
-                                  "engine.probability_maps": False}, seed=0)
-    job = create_job(tmp_path / "job", tiny_cohort, cfg)
-    assert run_job(job.root, progress_bar=False).status == "done"
-    epochs = [e for e in read_events(job.root / "events.jsonl") if e["type"] == "epoch" and ":" not in e["phase"]]
-    assert [e["phase"] for e in epochs] == ["train", "train", "refit", "refit"]  # after task standardization
-    assert epochs[2].get("best")  # the refit phase starts the model selection over
-    assert (job.root / "corrections.csv").is_file() and any((job.root / "corrections").iterdir())
-    method, _, _ = load_model(job.root)
-    assert int(method.stage.value) == 1
-    x = torch.rand(2, method.ctx.in_channels, 32, 32) * 2 - 1
-    assert torch.allclose(method.predict_proba(x), method.refit.predict_proba(x))
-    assert not torch.allclose(method.predict_proba(x), sum(torch.softmax(n.eval()(x), 1) for n in method.nets) / 2)

@@ -108,25 +108,6 @@ def _wait_for(path, pred, proc, timeout=240):
     return False
 
 
-def test_a_phase_that_restarts_selection_picks_the_final_model_among_its_own_epochs(tiny_cohort, tmp_path, monkeypatch):
-    """``Phase.restart_selection``: the best-on-validation choice starts over when such a
-    phase begins, so an earlier phase's better epoch is not restored as the final model."""
-    import aeseg.engine.loop as loop
-    from aeseg.methods.base import Phase
-    from aeseg.methods.supervised import Supervised
-
-    monkeypatch.setattr(Supervised, "phases", lambda self, epochs: [Phase("first", 2), Phase("second", 2, restart_selection=True)])
-    scores = iter([0.9, 0.8, 0.3, 0.4])
-    monkeypatch.setattr(loop, "validate", lambda method, data, device: next(scores))
-    res = _train(tiny_cohort, tmp_path / "job", labels="all")
-    assert res.status == "done" and res.best_val_dice == pytest.approx(0.4)
-    epochs = [e for e in read_events(res.job / "events.jsonl") if e["type"] == "epoch"]
-    assert [(e["phase"], e.get("best", False)) for e in epochs] == [
-        ("first", True), ("first", False), ("second", True), ("second", True)]
-    best = torch.load(res.job / "checkpoints" / "best.pt", weights_only=True)
-    assert best["loop"]["best_epoch"] == 3
-
-
 @pytest.mark.parametrize("how", ["cancel_file", "sigterm"])
 def test_cancelled_run_resumes_to_the_same_model(tiny_cohort, tmp_path, how):
     args = ["train", str(tiny_cohort), "--method", "mean_teacher", "--no-progress", "--set", "progress_interval=0",

@@ -285,8 +285,6 @@ def _train(job, method, ctx, cfg: JobConfig, phases: list[Phase], st: LoopState,
     run_steps = 0
     for pi in range(st.phase, len(phases)):
         phase = phases[pi]
-        if phase.restart_selection and st.epoch == 0 and st.step == 0:
-            st.best, st.best_epoch = -1.0, -1  # selection over this phase's epochs only
         method.begin_phase(phase)
         indices = method.train_indices(phase)
         if len(indices) == 0:

@@ -68,26 +68,9 @@ Deviations, all documented and switchable where they matter:
   labels lose less Dice than eroded ones), the networks drift towards over-segmenting and
   an argmax correction copies that drift into the label sets; the threshold anchors the
   corrected sets' total area to the given labels', which such noise leaves about right;
-- ``area_reference`` (with ``correct_area``; ``given`` = the above): ``validation`` takes
-  the threshold from the validation cases instead, the one at which the network's
-  predictions of their slices mark as many pixels as their expert labels. Where the
-  noise is not area-neutral (a dilation adds more area than an erosion of the same
-  radius removes) the given labels' total area is itself too large, and anchoring to it
-  copies that into every correction;
 - ``train_rotation`` (0 = the project's flips only): random rotations U(±deg) of the
   training batch, image and label sets alike; the code trains with 60° rotations and
-  left-right flips;
-- ``refit`` (off = as published: AIDE's networks are the final model): a second phase
-  trains a fresh U-Net with the supervised baseline's recipe (:mod:`.supervised`: Dice +
-  CE, Adam, flips) on the expert labels and each noisy case's final corrected label, and
-  that network becomes the final model; the engine's best-on-validation selection starts
-  over for it (``Phase.restart_selection``). It is what a user who feeds AIDE's
-  corrections back as labels would train. The reason: by the end the corrected label
-  sets are better than the given ones, but AIDE's networks learnt from every earlier,
-  worse version of them and, after the ramp, from only the small-loss half of each batch
-  with the rest weighted by consistency. Its cost is one supervised training
-  (``refit_epochs``, default the main run's); the AIDE step itself is unchanged. The
-  corrections, ``quality.csv`` and the confidence maps are AIDE's either way.
+  left-right flips.
 
 Cost: besides the two networks' training passes, each network predicts K views of the
 suspected-noisy half of the batch (one batched evaluation-mode forward pass), about a
@@ -135,10 +118,9 @@ from ..data.slicing import from_slices
 from ..data.transforms import resize_probabilities
 from ..nets import NetConfig, make_unet
 from .augment import apply, invert, sample_affine
-from .base import CaseQuality, CohortSummary, EpochReport, Method, Phase, QualityResult, StepInfo
-from .common import Stage, random_rotations, recalibrate_bn
+from .base import CaseQuality, CohortSummary, EpochReport, Method, QualityResult, StepInfo
+from .common import random_rotations, recalibrate_bn
 from .registry import register
-from .supervised import Supervised, SupervisedConfig
 
 CLEAN, NOISY = KIND_CODES["clean"], KIND_CODES["noisy"]
 
@@ -170,13 +152,10 @@ class AideConfig(NetConfig):
     correct_fraction: float = field(default=0.25, metadata={"help": "share of noisy cases (lowest Dice) corrected each time", "min": 0.0, "max": 1.0})
     largest_component: bool = field(default=True, metadata={"help": "keep only the largest connected component of a correcting prediction"})
     correct_area: bool = field(default=False, metadata={"help": "threshold the correcting predictions so that their total area over the noisy cases equals the given noisy labels' (off: argmax, as published)"})
-    area_reference: Literal["given", "validation"] = field(default="given", metadata={"help": "with correct_area: the threshold makes the noisy cases' predictions as large as their given labels together (given), or makes the network's predictions of the validation cases as large as their expert labels (validation; the given area when there are none)"})
     precise_bn: bool = field(default=True, metadata={"help": "recompute BatchNorm statistics on the training slices after every epoch (stable eval-mode predictions for correction and validation)"})
     predict_with: Literal["average", "net1", "net2"] = field(default="average", metadata={"help": "network(s) used for predictions"})
     standardize: bool = field(default=True, metadata={"help": "task standardization: unlabelled cases first get pseudo labels from a model trained on the clean ones"})
     standardize_epochs: int = field(default=0, metadata={"help": "epochs of the standardization model (0: as many as the main run)", "min": 0})
-    refit: bool = field(default=False, metadata={"help": "after AIDE, train a fresh U-Net (the supervised recipe) on the clean and final corrected labels; it becomes the final model (not in the paper; off: AIDE's networks predict)"})
-    refit_epochs: int = field(default=0, metadata={"help": "epochs of the refit phase (0: as many as the main run)", "min": 0})
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -276,41 +255,23 @@ class Aide(Method):
         # epoch (1-based) of the last correction per (label set, record); 0 = never
         self.last_corrected = torch.zeros(n_nets, len(train.records), dtype=torch.long)
         self._final: dict[str, np.ndarray] | None = None
-        # refit: a supervised U-Net trained on the final label sets after the AIDE phase
-        self.refit: Supervised | None = None
-        self.refit_labels: torch.Tensor | None = None
-        self.stage = Stage().to(ctx.device)  # 0: AIDE's networks predict, 1: the refit U-Net
-        if c.refit:
-            rc = SupervisedConfig(features=c.features, depth=c.depth, res_units=c.res_units, labels="all", lr=c.lr,
-                                  augment=c.augment, train_rotation=c.train_rotation, precise_bn=c.precise_bn)
-            self.refit = Supervised(rc, ctx)
 
     # --- state ---------------------------------------------------------------------
     def modules(self):
-        out = {f"net{k + 1}": n for k, n in enumerate(self.nets)}
-        if self.refit is not None:
-            out.update({"refit_net": self.refit.net, "stage": self.stage})
-        return out
+        return {f"net{k + 1}": n for k, n in enumerate(self.nets)}
 
     def optimizers(self):
         out = {f"opt{k + 1}": o for k, o in enumerate(self.opts)}
         out.update({f"sched{k + 1}": s for k, s in enumerate(self.scheds) if s is not None})
-        if self.refit is not None:
-            out["refit_opt"] = self.refit.opt
         return out
 
     def extra_state(self):
-        out = {"rng": self.g.get_state(), "history": [dict(h) for h in self.history],
-               "last_corrected": self.last_corrected.clone(),
-               **{f"labels{k + 1}": ls.clone() for k, ls in enumerate(self.label_sets)}}
-        if self.refit is not None:
-            out["refit_rng"] = self.refit.g.get_state()
-        return out
+        return {"rng": self.g.get_state(), "history": [dict(h) for h in self.history],
+                "last_corrected": self.last_corrected.clone(),
+                **{f"labels{k + 1}": ls.clone() for k, ls in enumerate(self.label_sets)}}
 
     def load_extra_state(self, state):
         self.g.set_state(state["rng"])
-        if self.refit is not None and "refit_rng" in state:
-            self.refit.g.set_state(state["refit_rng"])
         self.history = [dict(h) for h in state.get("history", [])]
         if "last_corrected" in state:
             self.last_corrected = state["last_corrected"].clone()
@@ -320,30 +281,6 @@ class Aide(Method):
 
     def _peer(self, k: int) -> int:
         return (k + 1) % len(self.nets)
-
-    # --- phases ----------------------------------------------------------------------
-    def phases(self, epochs: int) -> list[Phase]:
-        out = [Phase("train", epochs)]
-        if self.refit is not None:
-            out.append(Phase("refit", self.config.refit_epochs or epochs, restart_selection=True))
-        return out
-
-    def begin_phase(self, phase: Phase) -> None:
-        if phase.name == "refit":
-            self.refit_labels = self.final_training_labels()
-            self.stage.value.fill_(1)
-
-    def final_training_labels(self) -> torch.Tensor:
-        """The training slices' labels after AIDE ``(N, 1, S, S)`` uint8: each noisy case's
-        latest correction (its given label when never corrected), expert labels as given."""
-        train = self.ctx.data.train
-        out = train.labels.to(torch.uint8).clone()
-        for ri in self.noisy_cases:
-            k = self.final_label_set(ri)
-            if k is not None:
-                rec = train.records[ri]
-                out[rec.start:rec.start + rec.count] = self.label_sets[k][rec.start:rec.start + rec.count]
-        return out
 
     # --- training --------------------------------------------------------------------
     def per_image_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -390,9 +327,6 @@ class Aide(Method):
         return avg, confidence_weight(avg)
 
     def train_step(self, batch: dict, info: StepInfo) -> dict[str, float]:
-        if info.phase == "refit":
-            labels = self.refit_labels[batch["index"].cpu()].to(batch["image"].device).long()
-            return self.refit.train_step({**batch, "label": labels}, info)
         c = self.config
         dev = self.ctx.device
         x, kind = batch["image"], batch["kind"]
@@ -449,37 +383,30 @@ class Aide(Method):
     @torch.no_grad()
     def _predict_labels(self, net: torch.nn.Module, records: list[int], batch_size: int = 64) -> dict[int, torch.Tensor]:
         """Binary prediction ``(n, 1, S, S)`` uint8 (CPU) of every slice of ``records``:
-        argmax, or with ``correct_area`` the foreground probability above a threshold: the
-        one that gives the predictions of all ``records`` the given labels' total area, or
-        with ``area_reference=validation`` the one at which ``net``'s predictions of the
-        validation slices mark as many pixels as their expert labels;
+        argmax, or with ``correct_area`` the foreground probability above the threshold
+        that gives the predictions of all ``records`` the given labels' total area;
         then the largest connected component per case when configured."""
-        c = self.config
-        train, val = self.ctx.data.train, self.ctx.data.val
+        train = self.ctx.data.train
         net = getattr(net, "module", net)
         was = net.training
         net.eval()
-
-        def predict(images: torch.Tensor) -> torch.Tensor:
+        fg = {}
+        for ri in records:
+            rec = train.records[ri]
             parts = []
-            for s in range(0, len(images), batch_size):
+            for s in range(rec.start, rec.start + rec.count, batch_size):
+                e = min(s + batch_size, rec.start + rec.count)
                 with self.ctx.autocast():
-                    lg = net(images[s:s + batch_size].to(self.ctx.device)).float()
-                parts.append(torch.softmax(lg, 1)[:, 1:2].cpu() if c.correct_area
+                    lg = net(train.images[s:e].to(self.ctx.device))
+                lg = lg.float()
+                parts.append(torch.softmax(lg, 1)[:, 1:2].cpu() if self.config.correct_area
                              else lg.argmax(1, keepdim=True).to(torch.uint8).cpu())
-            return torch.cat(parts)
-
-        fg = {ri: predict(train.images[train.records[ri].start:train.records[ri].start + train.records[ri].count])
-              for ri in records}
-        by_validation = c.correct_area and c.area_reference == "validation" and len(val.records) > 0
-        if by_validation:
-            t = area_threshold(predict(val.images), int((val.labels > 0).sum()))
+            fg[ri] = torch.cat(parts)
         net.train(was)
-        if c.correct_area:
-            if not by_validation:
-                cases = [train.records[ri] for ri in records]
-                given = sum(int((train.labels[r.start:r.start + r.count] > 0).sum()) for r in cases)
-                t = area_threshold(torch.cat([fg[ri].flatten() for ri in records]), given)
+        if self.config.correct_area:
+            cases = [train.records[ri] for ri in records]
+            given = sum(int((train.labels[r.start:r.start + r.count] > 0).sum()) for r in cases)
+            t = area_threshold(torch.cat([fg[ri].flatten() for ri in records]), given)
             binary = {ri: (p >= t).to(torch.uint8) for ri, p in fg.items()}
         else:
             binary = fg
@@ -529,8 +456,6 @@ class Aide(Method):
         recalibrate_bn(self.nets, train.images, train.indices(("clean", "noisy")), self.ctx.device)
 
     def end_epoch(self, info: StepInfo) -> EpochReport:
-        if info.phase == "refit":
-            return self.refit.end_epoch(info)
         c = self.config
         for s in self.scheds:
             if s is not None:
@@ -565,8 +490,6 @@ class Aide(Method):
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        if self.refit is not None and int(self.stage.value) == 1:
-            return self.refit.predict_proba(images)
         nets = self._predict_nets()
         acc = None
         for n in nets:
@@ -732,8 +655,6 @@ class Aide(Method):
     def train_mode(self, training: bool) -> None:
         for n in self.nets:
             n.train(training)
-        if self.refit is not None:
-            self.refit.net.train(training)
 
 
 __all__ = ["Aide", "AideConfig", "consistency_ramp", "correction_due", "sharpen", "confidence_weight", "largest_component"]

@@ -30,15 +30,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class Phase:
-    """A stage of training with its own number of epochs (e.g. GAN, then iterative training).
-
-    ``restart_selection``: the phase trains the final model afresh, so the engine's
-    best-on-validation selection starts over when it begins (earlier phases' epochs can
-    no longer be chosen as the final model)."""
+    """A stage of training with its own number of epochs (e.g. GAN, then iterative training)."""
 
     name: str
     epochs: int
-    restart_selection: bool = False
 
 
 @dataclass

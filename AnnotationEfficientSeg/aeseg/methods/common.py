@@ -7,19 +7,9 @@ import math
 
 import torch
 from monai.losses import DiceCELoss
-from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from .augment import apply, sample_affine
-
-
-class Stage(nn.Module):
-    """Which of a method's networks predicts (an integer buffer ``value``), saved with the
-    weights so that a checkpoint always predicts with the network it was selected for."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("value", torch.zeros((), dtype=torch.long))
 
 
 def seg_loss() -> DiceCELoss:

@@ -101,7 +101,7 @@ from ..nets.dgcc import DGCC, generate_with_feedback
 from ..nets.vae import LatentDiscriminator, MaskVAE, vae_loss
 from ..quality.metrics import dice
 from .base import CaseQuality, CohortSummary, EpochReport, Method, Phase, QualityResult, StepInfo
-from .common import Stage, random_flips
+from .common import random_flips
 from .registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -273,6 +273,15 @@ class ShapePriorGanConfig(NetConfig):
     augment: bool = field(default=True, metadata={"help": "random flips of images (and labels) during training"})
 
 
+class _Stage(nn.Module):
+    """Which network predicts (0: G_A, 1: the U-Net), saved with the weights so that a
+    checkpoint always predicts with the network it was selected for."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("value", torch.zeros((), dtype=torch.long))
+
+
 def _pack(mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.packbits(mask.cpu().numpy().astype(bool).reshape(-1)))
 
@@ -326,7 +335,7 @@ class ShapePriorGan(Method):
         self.vae = ctx.wrap(fresh["vae"]) if "vae" in fresh else None
         self.D_V = ctx.wrap(fresh["D_VAE"]) if "D_VAE" in fresh else None
         self.seg = ctx.wrap(make_unet(ch, 2, c))
-        self.stage = Stage().to(ctx.device)  # 0: G_A predicts, 1: the U-Net
+        self.stage = _Stage().to(ctx.device)
 
         g_params = [*self.G_A.parameters(), *self.G_B.parameters(), *(self.dgcc.parameters() if self.dgcc else [])]
         d_params = [*self.D_A.parameters(), *self.D_B.parameters(), *(self.D_V.parameters() if self.D_V else [])]
