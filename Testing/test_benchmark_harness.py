@@ -294,3 +294,43 @@ def test_compare_pairs_two_settings_seed_by_seed_and_refuses_unpaired_results(tm
     assert compare.main([str(pa), str(tmp_path / "missing.json")]) == 2
     assert compare.main([str(pa), "--against", "ablation_one_network"]) == 0
     assert "mean +0.212" in capsys.readouterr().out
+
+
+def test_aide_corrections_quality_scores_the_final_corrected_labels_against_the_truth(tmp_path):
+    """The AIDE plan's ``corrections``: mean Dice with the truth of the given and of the
+    corrected labels, and the corrected area ÷ the true area, over the noisy cases a job
+    wrote a correction for."""
+    from aeseg.io.segmentation import Segment, write_seg_nrrd
+    from aeseg.quality.metrics import dice
+
+    aide_plan = pytest.importorskip("plans.aide")
+    bench = harness.Bench("aide", "noisy_organ", noise="mid", workdir=tmp_path, train_seeds=(0, 1))
+    bench.plan.phantom = {**bench.plan.phantom, "size": 32, "n_slices": 2, "n_train": 8, "n_val": 1, "n_test": 1}
+    bench.build_cohort()
+    cases = [c for c in load_cohort(bench.cohort_dir).cases if c.split == "train" and c.label_kind == "noisy"]
+    assert len(cases) >= 3
+    perfect, copied, dilated = (tmp_path / name / "corrections" for name in ("perfect", "copied", "dilated"))
+    for d in (perfect, copied, dilated):
+        d.mkdir(parents=True)
+    given = []
+    for c in cases:
+        truth, geo = read_label(c.truth)
+        label = read_label(c.label, c.label_value)[0]
+        given.append(dice(label > 0, truth > 0))
+        write_seg_nrrd(perfect / f"{c.case_id}.seg.nrrd", [Segment("Corrected", truth > 0)], geo)
+        write_seg_nrrd(copied / f"{c.case_id}.seg.nrrd", [Segment("Corrected", label > 0)], geo)
+    q = aide_plan.corrections_quality(bench, perfect.parent)
+    assert q["n"] == len(cases) and q["given_dice"] == pytest.approx(np.mean(given), abs=1e-4)
+    assert q["corrected_dice"] == pytest.approx(1.0) and q["area_ratio"] == pytest.approx(1.0)
+    q = aide_plan.corrections_quality(bench, copied.parent)
+    assert q["corrected_dice"] == pytest.approx(q["given_dice"], abs=1e-4) and q["corrected_dice"] < 1.0
+    # one case only, corrected to twice its true area (the truth plus as many outside pixels)
+    c = cases[0]
+    truth, geo = read_label(c.truth)
+    grown = truth > 0
+    outside = np.flatnonzero(~grown)[: int(grown.sum())]
+    grown.flat[outside] = True
+    write_seg_nrrd(dilated / f"{c.case_id}.seg.nrrd", [Segment("Corrected", grown)], geo)
+    q = aide_plan.corrections_quality(bench, dilated.parent)
+    assert q["n"] == 1 and q["area_ratio"] == pytest.approx(2.0) and q["corrected_dice"] == pytest.approx(2 / 3, abs=1e-4)
+    assert aide_plan.corrections_quality(bench, tmp_path / "nothing") is None

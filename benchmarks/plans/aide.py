@@ -275,6 +275,8 @@ validation cases' expert labels (``area_reference=validation``) 0.746 (−0.005)
 0.19 with its initialisation.
 """
 
+from pathlib import Path
+
 from harness import Plan, Variant
 
 # BatchNorm as published (no precise_bn) and the training pass as one of the K = 2 views
@@ -288,11 +290,49 @@ SCHEDULES = {
 }
 
 
+def corrections_quality(bench, job) -> dict | None:
+    """How good one AIDE job's final corrected labels are: mean over the noisy training
+    cases of the Dice with the truth of the given label and of the corrected one
+    (``corrections/<case>.seg.nrrd``), and the corrected label's area ÷ the true area."""
+    import numpy as np
+
+    from aeseg.cohort.manifest import load_cohort
+    from aeseg.cohort.reading import read_label
+    from aeseg.quality.metrics import dice
+
+    given, corrected, area = [], [], []
+    for c in load_cohort(bench.cohort_dir).cases:
+        path = job / "corrections" / f"{c.case_id}.seg.nrrd"
+        if c.split != "train" or c.label_kind != "noisy" or c.truth is None or not path.is_file():
+            continue
+        truth = read_label(c.truth)[0] > 0
+        fixed = read_label(path)[0] > 0
+        given.append(dice(read_label(c.label, c.label_value)[0] > 0, truth))
+        corrected.append(dice(fixed, truth))
+        area.append(float(fixed.sum()) / max(float(truth.sum()), 1.0))
+    if not given:
+        return None
+    return {"n": len(given), "given_dice": round(float(np.mean(given)), 4),
+            "corrected_dice": round(float(np.mean(corrected)), 4), "area_ratio": round(float(np.mean(area)), 4)}
+
+
 def _extra(bench, result: dict) -> dict:
     over = dict(bench.plan.overrides)
     t4 = bench.step_times("aide", {**over, "views": 4}, cohort=bench.cohort_dir)
     sup = result["step_time"]["supervised_s"]
-    return {"step_time_views4": {"method_s": round(t4, 4), "ratio": round(t4 / sup, 3)}}
+    out = {"step_time_views4": {"method_s": round(t4, 4), "ratio": round(t4 / sup, 3)}}
+    # the final corrected labels of every row that corrects, per training seed
+    rows = {"method": result["runs"]["method"]["job"],
+            **{f"ablation_{k}": v["job"] for k, v in result["ablation_runs"].items()}}
+    corrections = {}
+    for row, job in rows.items():
+        per_seed = [corrections_quality(bench, Path(job).parent / bench.job_name(row, s)) for s in bench.train_seeds]
+        known = [q for q in per_seed if q is not None]
+        if known:
+            corrections[row] = {"per_seed": per_seed, **{k: round(sum(q[k] for q in known) / len(known), 4)
+                                                         for k in ("given_dice", "corrected_dice", "area_ratio")}}
+    out["corrections"] = corrections
+    return out
 
 
 def plan(profile: str, task: str, setting: str | None) -> Plan:
