@@ -193,6 +193,24 @@ def test_lqss_keeps_the_real_looking_side():
     assert keep[:8].all() and not keep[8:].any()
 
 
+def test_minibatch_std_lets_the_mask_discriminator_see_the_batchs_variety():
+    """``d_minibatch_std``: D_B's scores of a mask depend on the masks beside it (the batch's
+    feature spread is one more input of its last layer), its features for DGCC do not; off,
+    a mask's score is its own."""
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    varied = torch.cat([x[:1], torch.rand(3, 1, 32, 32) * 2 - 1])
+    same = x[:1].repeat(4, 1, 1, 1)
+    d = PatchGAN(1, features=8, minibatch_std=True)
+    f_var, s_var = d.features_and_scores(varied)
+    f_same, s_same = d.features_and_scores(same)
+    assert f_var.shape[1] == d.feature_channels and torch.allclose(f_var[0], f_same[0], atol=1e-6)
+    assert not torch.allclose(s_var[0], s_same[0], atol=1e-4)
+    assert torch.allclose(d(varied), s_var) and torch.isfinite(d(x[:1])).all()  # a batch of one: no spread
+    plain = PatchGAN(1, features=8)
+    assert torch.allclose(plain(varied)[0], plain(same)[0], atol=1e-6)
+
+
 def test_history_pool_returns_new_or_stored_fakes_and_resumes_exactly():
     g = torch.Generator().manual_seed(0)
     off = HistoryPool(0)

@@ -75,7 +75,13 @@ Where this deviates from the paper (and why):
   training seeds, same host) a pool of 50 gave a final test Dice of 0.636 against 0.630
   without (one seed up 0.08, one down 0.08); averages with decay 0.98 smoothed G_A's
   validation curve but lagged it (best epoch 0.632 / 0.511 on seeds 0 / 1 against 0.647 /
-  0.526 without; stopped after two seeds).
+  0.526 without; stopped after two seeds);
+- minibatch standard deviation in D_B (``d_minibatch_std``, off by default; Karras et al.
+  2018, Sec. 3): the last layer of the mask discriminator also reads the batch's feature
+  spread (one constant channel), so that a generator whose masks all look alike (G_A
+  pulls every head towards one size) is told apart from the varied prior. DGCC still
+  reads D_B's per-mask features; a mask's LQSS score then depends a little on the masks
+  scored beside it. Not in the paper.
 """
 
 from __future__ import annotations
@@ -248,6 +254,7 @@ class ShapePriorGanConfig(NetConfig):
     lqss_percentile: float = field(default=75.0, metadata={"help": "LQSS: percent of the training cases kept (the best-scored ones)", "min": 1.0, "max": 100.0})
     gan_starts: int = field(default=1, metadata={"help": "CycleGAN restarts: short trials from fresh initialisations, the best on validation Dice continues (1: no restarts, as the paper)", "min": 1, "max": 8})
     start_epochs: int = field(default=4, metadata={"help": "epochs of each restart trial (with gan_starts > 1)", "min": 1})
+    d_minibatch_std: bool = field(default=False, metadata={"help": "D_B sees the batch's feature spread (minibatch standard deviation, ProGAN) so that masks of collapsed variety look fake"})
     history_pool: int = field(default=0, metadata={"help": "generated samples kept for the discriminators D_A, D_B (CycleGAN's image pool, 50 there; 0: off, as the paper)", "min": 0, "max": 1000})
     gan_ema: float = field(default=0.0, metadata={"help": "decay of an exponential moving average of G_A, D_B and DGCC weights, which then make the pseudo labels and validation (0: off, as the paper; e.g. 0.98)", "min": 0.0, "max": 0.9999})
     gan_select_best: bool = field(default=True, metadata={"help": "pseudo labels from the CycleGAN epoch with the best validation Dice (else the last epoch)"})
@@ -382,7 +389,7 @@ class ShapePriorGan(Method):
         c, ch = self.config, self.ctx.in_channels
         out = {"G_A": ResUNetGenerator(ch, 1, c.gan_features, c.gan_res_blocks),
                "G_B": image_generator(1, ch, c.gan_features, c.gan_res_blocks),
-               "D_A": PatchGAN(ch, c.d_features), "D_B": PatchGAN(1, c.d_features)}
+               "D_A": PatchGAN(ch, c.d_features), "D_B": PatchGAN(1, c.d_features, minibatch_std=c.d_minibatch_std)}
         if c.dgcc and c.turns > 1:
             out["dgcc"] = DGCC(out["D_B"].feature_channels, out["G_A"].scale_channels, c.dgcc_reduction, c.dgcc_scales)
         if c.vae_discriminator:

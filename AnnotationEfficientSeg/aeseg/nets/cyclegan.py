@@ -103,18 +103,32 @@ class PatchGAN(nn.Module):
     ``C =`` :attr:`feature_channels` ``= features · 2^layers`` (512 in the paper).
     """
 
-    def __init__(self, in_channels: int, features: int = 64, layers: int = 3):
+    def __init__(self, in_channels: int, features: int = 64, layers: int = 3, minibatch_std: bool = False):
         super().__init__()
         self.net = PatchDiscriminator(spatial_dims=2, channels=int(features), in_channels=in_channels, out_channels=1,
                                       num_layers_d=int(layers), norm="INSTANCE")
         self.feature_channels = int(features) * 2 ** int(layers)
+        self.minibatch_std = bool(minibatch_std)
+        if self.minibatch_std:
+            old = self.net.final_conv.conv
+            self.net.final_conv.conv = nn.Conv2d(old.in_channels + 1, 1, old.kernel_size, padding=old.padding)
 
     def features_and_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        outs = self.net(x)
-        return outs[-2], outs[-1]
+        if not self.minibatch_std:
+            outs = self.net(x)
+            return outs[-2], outs[-1]
+        h = x
+        for name, mod in self.net.named_children():
+            if name == "final_conv":
+                break
+            h = mod(h)
+        # minibatch standard deviation (Karras et al. 2018, Sec. 3): the mean over features and
+        # positions of the per-feature std across the batch, as one more constant channel
+        sd = torch.sqrt(h.float().var(0, unbiased=False) + 1e-8).mean() if h.shape[0] > 1 else h.new_zeros(())
+        return h, self.net.final_conv(torch.cat([h, sd.to(h.dtype).expand(h.shape[0], 1, *h.shape[2:])], 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)[-1]
+        return self.features_and_scores(x)[1]
 
 
 class HistoryPool:
