@@ -169,6 +169,13 @@ and the skull's gaps defeat a hand-made edge search); the fitted ellipse rescale
 true area 0.696, and the truth's own fitted ellipse 0.996. So correcting the size alone
 would not reach the oracle: G_A's centres and orientations are off as well (area slope 0.26).
 Nothing kept.
+
+Session 24 (EPYC host): a minibatch standard deviation channel in D_B (``--set
+d_minibatch_std=true``, ProGAN's layer, so that D_B can see a batch of same-sized masks).
+Stage 1 alone, seeds 0–4: 0.685 / 0.624 / 0.608 / 0.596 / 0.585 (0.620) against 0.622 /
+0.573 / 0.608 / 0.617 / 0.610 (0.606), area slope and sd unchanged. Five seeds of the quick
+benchmark: final 0.682 against 0.663, paired +0.019 (−0.009 … +0.049), 3 of 5. Not in the
+plan; the switch stays, off.
 """
 
 from __future__ import annotations
