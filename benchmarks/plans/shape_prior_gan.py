@@ -176,6 +176,18 @@ Stage 1 alone, seeds 0–4: 0.685 / 0.624 / 0.608 / 0.596 / 0.585 (0.620) agains
 0.573 / 0.608 / 0.617 / 0.610 (0.606), area slope and sd unchanged. Five seeds of the quick
 benchmark: final 0.682 against 0.663, paired +0.019 (−0.009 … +0.049), 3 of 5. Not in the
 plan; the switch stays, off.
+
+Session 26 (EPYC host, scratch ``aeseg train`` runs, ``benchmarks/NOTES.md``). The quick
+profile's CycleGAN is undertrained: 24 epochs of 10 steps. With ``gan_epochs=240`` (stage 1
+alone, seed 0, 21 min on one thread) G_A's pseudo labels reach 0.723 (slope 0.46) on this
+cohort, and 0.918 (slope 0.94) on a rendering without fluid pockets, clutter and skull gaps,
+where the quick CycleGAN gets 0.596: the implementation learns head sizes once trained long
+enough. The rounds' U-Net was also trained on a sixth of the oracle's slices (20 epochs of
+10 steps of batch 4 against 300 steps of batch 16); ``round_epochs=120`` matches them. Both
+together, 5 seeds, test Dice 0.809 / 0.640 / 0.734 / 0.814 / 0.681 (0.736) against the plan's
+0.663, paired +0.073 (+0.013 … +0.128), 4 of 5; the oracle 0.894. The longer rounds alone,
+on the quick CycleGAN's pseudo labels: 0.674, +0.011 (−0.013 … +0.037). Not in the plan:
+a job takes about 24 min on one thread, beyond the quick profile's 10 minutes.
 """
 
 from __future__ import annotations
