@@ -188,6 +188,9 @@ together, 5 seeds, test Dice 0.809 / 0.640 / 0.734 / 0.814 / 0.681 (0.736) again
 0.663, paired +0.073 (+0.013 … +0.128), 4 of 5; the oracle 0.894. The longer rounds alone,
 on the quick CycleGAN's pseudo labels: 0.674, +0.011 (−0.013 … +0.037). Not in the plan:
 a job takes about 24 min on one thread, beyond the quick profile's 10 minutes.
+The harness run of the same setting (seeds 1–4 reused from those jobs, seed 0 trained in
+the harness): 0.725, paired +0.062 (+0.010 … +0.117); stage-2 rows U-Net 0.741, + LQSS
+0.741, + IT 0.737, + wDice 0.725 (file ``..._gan_epochs240_round_epochs120_epyc.json``).
 """
 
 from __future__ import annotations
