@@ -487,6 +487,33 @@ def test_weight_averages_make_the_pseudo_labels(tmp_path):
     assert not torch.allclose(got[:, 1:2], p_live, atol=1e-4)
 
 
+def test_stage1_from_reuses_the_trained_stage1_weight_averages_included(tmp_path):
+    """A job with ``stage1_from`` takes the other job's stage 1 as trained (with ``gan_ema``
+    the averages, which are AveragedModels in the checkpoint): its round-0 pseudo labels and
+    LQSS scores are the other job's, although its own seed differs."""
+    from aeseg.engine.config import resolve_config
+    from aeseg.engine.loop import create_job, run_job
+    from aeseg.quality.table import read_quality_csv
+
+    root = _easy_cohort(tmp_path / "cohort", n_train=8)
+    base = {**_TINY, "vae_epochs": 1, "gan_epochs": 2, "rounds": 1, "round_epochs": 1, "gan_ema": 0.5,
+            "engine.batch_size": 4}
+    first = create_job(tmp_path / "first", root, resolve_config("shape_prior_gan", base, seed=0))
+    assert run_job(first.root, progress_bar=False).status == "done"
+    second = create_job(tmp_path / "second", root,
+                        resolve_config("shape_prior_gan", {**base, "stage1_from": str(first.root)}, seed=1))
+    assert run_job(second.root, progress_bar=False).status == "done"
+    events = [json.loads(line)["phase"] for line in (second.root / "events.jsonl").read_text().splitlines()
+              if json.loads(line).get("type") == "epoch"]
+    assert events == ["round1"]  # no stage-1 phase ran in the second job
+    files = sorted((first.root / "pseudo_labels" / "round0").glob("*.seg.nrrd"))
+    assert len(files) == 8
+    for f in files:
+        assert np.array_equal(read_label(f)[0], read_label(second.root / "pseudo_labels" / "round0" / f.name)[0])
+    scores = [{r["case"]: r["lqss_score"] for r in read_quality_csv(j.root / "quality.csv")} for j in (first, second)]
+    assert scores[0] == pytest.approx(scores[1])
+
+
 def test_round_stats_give_each_rounds_validation_dice_and_change_against_the_previous_round():
     """The report's rounds panel: round 0 = G_A (its best validation Dice), round k = the
     U-Net after k rounds, with the mean over cases of Dice(round k − 1 labels, round k labels)."""

@@ -652,6 +652,8 @@ class ShapePriorGan(Method):
         """Stage-1 networks from another job's last checkpoint (trained with the same settings)."""
         from pathlib import Path
 
+        from torch.optim.swa_utils import AveragedModel
+
         path = Path(job_dir).expanduser() / "checkpoints" / "last.pt"
         if not path.is_file():
             raise ConfigError(f"stage1_from: {path} not found; give a job folder of shape_prior_gan that finished its CycleGAN phase")
@@ -661,8 +663,8 @@ class ShapePriorGan(Method):
                 continue
             if name not in state:
                 raise ConfigError(f"stage1_from: {job_dir} has no '{name}' network (trained with other switches)")
-            try:
-                self._raw(m).load_state_dict(state[name])
+            try:  # a weight average (``<net>_ema``) is saved whole: an AveragedModel with its count
+                (m if isinstance(m, AveragedModel) else self._raw(m)).load_state_dict(state[name])
             except RuntimeError as e:
                 raise ConfigError(f"stage1_from: {job_dir}: '{name}' does not match this configuration "
                                   f"(network sizes differ): {str(e).splitlines()[0]}") from None
