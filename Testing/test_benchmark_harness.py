@@ -199,6 +199,19 @@ def test_supervised_reference_step_is_timed_where_there_are_labels(tmp_path):
     assert labelled.reference_cohort() == labelled.cohort_dir
 
 
+@pytest.mark.parametrize("method,task", [("aide", "noisy_organ"), ("meta_reweight", "noisy_organ"),
+                                         ("presence_absence", "lesion_pa"), ("mean_teacher", "noisy_organ"),
+                                         ("shape_prior_gan", "ellipse_us"), ("shape_prior_gan", "organ_ct")])
+def test_every_plan_has_every_profile(method, task):
+    """``run.py --profile`` accepts each harness profile for each plan (the shape_prior_gan
+    plan once had sizes for quick and full only, and ``--profile long`` died of a KeyError)."""
+    for profile in harness.PROFILES:
+        plan = harness.load_plan(method, profile, task, None)
+        assert isinstance(plan, harness.Plan)
+        if method == "shape_prior_gan":
+            assert plan.overrides["gan_epochs"] > 0 and plan.overrides["round_epochs"] > 0
+
+
 def test_phantom_settings_go_on_top_of_the_plans_and_unknown_ones_are_refused(tmp_path, capsys):
     import run as run_script
 
