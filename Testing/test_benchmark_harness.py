@@ -367,3 +367,33 @@ def test_aide_paired_average_dice_averages_model_i_with_model_i_plus_one():
     probs[1] = {"a": 0.9 * inside + 0.4 * extra}  # (0, 1): extra at 0.6 -> kept, Dice 2·4/12
     got = aide_plan.paired_average_dice(probs, truth)
     assert got == pytest.approx([2 * 4 / 12, 1.0, 1.0])
+
+
+def test_reuse_resumes_an_interrupted_job_instead_of_starting_again(tiny_cohort, tmp_path):
+    """With ``--reuse`` a job of the same configuration that was stopped before its end goes
+    on from its checkpoint (no epoch lost or repeated); without it, or with another
+    configuration, the folder is trained afresh."""
+    from aeseg.engine.loop import create_job, run_job
+
+    values = {"engine.epochs": 3, "engine.steps_per_epoch": 2, "engine.batch_size": 2, "engine.progress_interval": 0,
+              "data.size": 32, "features": 8, "depth": 3, "labels": "all"}
+    cfg = resolve_config("supervised", values, seed=0, device="auto")
+    job = tmp_path / "jobs" / "run"
+    create_job(job, tiny_cohort, cfg)
+
+    def stop_after_epoch_1(event):
+        if event.get("type") == "epoch" and event.get("epoch") == 1:
+            (job / "cancel").touch()
+
+    assert run_job(job, progress_bar=False, echo=stop_after_epoch_1).status == "cancelled"
+    assert harness._finished(job, "supervised", tiny_cohort, cfg) is None
+    (job / "marker").touch()  # stands for everything the first part wrote
+    wall, best, epochs = harness._train_job(job, tiny_cohort, "supervised", values, 0, resume=True)
+    events = [json.loads(line) for line in (job / "events.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in events if e["type"] == "epoch"] == [1, 2, 3]
+    assert (job / "marker").exists() and harness._finished(job, "supervised", tiny_cohort, cfg) is not None
+    assert best == pytest.approx(max(e["val_dice"] for e in events if e["type"] == "epoch"), abs=1e-5)
+    # another configuration in the folder: trained afresh even with resume
+    harness._train_job(job, tiny_cohort, "supervised", {**values, "engine.epochs": 2}, 0, resume=True)
+    events = [json.loads(line) for line in (job / "events.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in events if e["type"] == "epoch"] == [1, 2] and not (job / "marker").exists()

@@ -284,7 +284,7 @@ class Bench:
                 if job_dir in self._fresh or (self.reuse and _finished(job_dir, method, co, resolve_config(
                         method, values, seed=s)) is not None):
                     continue
-                tasks.append((job_dir, co, method, values, s))
+                tasks.append((job_dir, co, method, values, s, self.reuse))
         if not tasks:
             return
         print(f"  training {len(tasks)} jobs, {self.jobs} at a time ...", flush=True)
@@ -310,7 +310,7 @@ class Bench:
             how = f"{done['wall_s']:.0f} s, in parallel" if fresh else "reused"
             print(f"  {name:<28} test Dice {rr.test_dice['mean']:.3f} ± {rr.test_dice['sd']:.3f}  ({how})", flush=True)
             return rr
-        wall, best, epochs = _train_job(job_dir, cohort, method, values, seed)
+        wall, best, epochs = _train_job(job_dir, cohort, method, values, seed, self.reuse)
         per_case = self.test_dice(job_dir)
         rr = RunResult(name, method, job_dir, mean_sd(list(per_case.values())), per_case, best, wall, epochs)
         print(f"  {name:<28} test Dice {rr.test_dice['mean']:.3f} ± {rr.test_dice['sd']:.3f}  ({wall:.0f} s)", flush=True)
@@ -439,9 +439,9 @@ class _RecordedPhantom:
         return dict(self.record)
 
 
-def _finished(job_dir: Path, method: str, cohort: Path, cfg) -> dict | None:
-    """The ``done`` event of a finished job in ``job_dir`` if it ran ``method`` on ``cohort``
-    with the same configuration, else None."""
+def _same_job(job_dir: Path, method: str, cohort: Path, cfg) -> list[dict] | None:
+    """The events of the job in ``job_dir`` if it runs ``method`` on ``cohort`` with the same
+    configuration and seed, else None."""
     try:
         meta = json.loads((job_dir / "job.json").read_text())
         events = [json.loads(line) for line in (job_dir / "events.jsonl").read_text().splitlines() if line.strip()]
@@ -460,6 +460,15 @@ def _finished(job_dir: Path, method: str, cohort: Path, cfg) -> dict | None:
                 del values[key]
     if meta.get("seed") != cfg.seed or stored != want:
         return None
+    return events
+
+
+def _finished(job_dir: Path, method: str, cohort: Path, cfg) -> dict | None:
+    """The ``done`` event of a finished job in ``job_dir`` if it ran ``method`` on ``cohort``
+    with the same configuration, else None."""
+    events = _same_job(job_dir, method, cohort, cfg)
+    if events is None:
+        return None
     done = [e for e in events if e.get("type") == "done"]
     if not done or not (job_dir / "pseudo_labels").is_dir():
         return None
@@ -468,12 +477,20 @@ def _finished(job_dir: Path, method: str, cohort: Path, cfg) -> dict | None:
 
 
 def _train_job(job_dir: Path, cohort: Path, method: str, values: dict[str, Any],
-               seed: int) -> tuple[float, float | None, int]:
-    """One training job, fresh (in process, or in a worker of :meth:`Bench.prefetch`):
-    (wall time in s, best validation Dice, epochs run)."""
+               seed: int, resume: bool = False) -> tuple[float, float | None, int]:
+    """One training job (in process, or in a worker of :meth:`Bench.prefetch`): (wall time
+    in s, best validation Dice, epochs run). Fresh, unless ``resume`` and ``job_dir`` holds
+    the same job stopped before its end (the process killed, a session over) with a
+    checkpoint: it then goes on from there, as ``aeseg train --resume`` does, and the wall
+    time counts the resumed part only."""
     import shutil
 
     cfg = resolve_config(method, values, seed=seed, device="auto")
+    if resume and (job_dir / "checkpoints" / "last.pt").is_file() and (events := _same_job(job_dir, method, cohort, cfg)) \
+            and not any(e.get("type") == "done" for e in events):
+        t0 = time.time()
+        res = run_job(job_dir, resume=True, progress_bar=False)
+        return time.time() - t0, res.best_val_dice, res.epochs_run
     if job_dir.exists():
         shutil.rmtree(job_dir)
     t0 = time.time()

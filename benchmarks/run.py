@@ -44,7 +44,8 @@ def main(argv=None) -> int:
                          "the results file has the usual name: give --out to keep a full run's file)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the phantom cohort and every finished run whose job.json matches (same cohort, same "
-                         "config); marked 'reused' in the results")
+                         "config); marked 'reused' in the results. A matching run that was stopped before its end "
+                         "(killed, machine down) goes on from its last checkpoint instead of starting again")
     ap.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
     ap.add_argument("--workdir", type=Path,
                     help="folder of the phantom cohorts and job folders (default benchmarks/work); another folder "
