@@ -480,7 +480,7 @@ def _train_job(job_dir: Path, cohort: Path, method: str, values: dict[str, Any],
                seed: int, resume: bool = False) -> tuple[float, float | None, int]:
     """One training job (in process, or in a worker of :meth:`Bench.prefetch`): (wall time
     in s, best validation Dice, epochs run). Fresh, unless ``resume`` and ``job_dir`` holds
-    the same job stopped before its end (the process killed, a session over) with a
+    the same job stopped before its end (the process killed, the machine restarted) with a
     checkpoint: it then goes on from there, as ``aeseg train --resume`` does, and the wall
     time counts the resumed part only."""
     import shutil

@@ -217,14 +217,12 @@ _SIZES = {
     "quick": {"data.size": 48, "gan_features": 16, "d_features": 32, "gan_res_blocks": 3, "vae_features": 8,
               "engine.batch_size": 4, "vae_epochs": 6, "gan_epochs": 24, "round_epochs": 20, "rounds": 4, "gan_lr": 5e-4,
               "gan_starts": 3, "start_epochs": 3},
-    # the quick profile's networks and images, trained longer (session 26): ten times the
-    # CycleGAN steps, and rounds of 4800 slices each (the harness's long oracle sees 16000)
-    "long": {"data.size": 48, "gan_features": 16, "d_features": 32, "gan_res_blocks": 3, "vae_features": 8,
-             "engine.batch_size": 4, "vae_epochs": 6, "gan_epochs": 240, "round_epochs": 120, "rounds": 4, "gan_lr": 5e-4,
-             "gan_starts": 3, "start_epochs": 3},
     "full": {"data.size": 96, "gan_features": 32, "d_features": 64, "gan_res_blocks": 6, "vae_features": 16,
              "engine.batch_size": 4, "vae_epochs": 20, "gan_epochs": 60, "round_epochs": 40, "rounds": 5, "gan_lr": 2e-4},
 }
+# the quick profile's networks and images, trained longer (session 26): ten times the
+# CycleGAN steps, and rounds of 4800 slices each (the harness's long oracle sees 16000)
+_SIZES["long"] = {**_SIZES["quick"], "gan_epochs": 240, "round_epochs": 120}
 _PRIOR = {
     "ellipse_us": {"shape_prior": "ellipse", "ellipse_preset": "phantom"},
     "organ_ct": {"shape_prior": "aux_masks"},
