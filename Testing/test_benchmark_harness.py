@@ -371,8 +371,8 @@ def test_aide_paired_average_dice_averages_model_i_with_model_i_plus_one():
 
 def test_reuse_resumes_an_interrupted_job_instead_of_starting_again(tiny_cohort, tmp_path):
     """With ``--reuse`` a job of the same configuration that was stopped before its end goes
-    on from its checkpoint (no epoch lost or repeated); without it, or with another
-    configuration, the folder is trained afresh."""
+    on from its checkpoint (no epoch lost or repeated); a folder holding another
+    configuration is trained afresh."""
     from aeseg.engine.loop import create_job, run_job
 
     values = {"engine.epochs": 3, "engine.steps_per_epoch": 2, "engine.batch_size": 2, "engine.progress_interval": 0,

@@ -503,9 +503,9 @@ def test_stage1_from_reuses_the_trained_stage1_weight_averages_included(tmp_path
     second = create_job(tmp_path / "second", root,
                         resolve_config("shape_prior_gan", {**base, "stage1_from": str(first.root)}, seed=1))
     assert run_job(second.root, progress_bar=False).status == "done"
-    events = [json.loads(line)["phase"] for line in (second.root / "events.jsonl").read_text().splitlines()
+    phases = [json.loads(line)["phase"] for line in (second.root / "events.jsonl").read_text().splitlines()
               if json.loads(line).get("type") == "epoch"]
-    assert events == ["round1"]  # no stage-1 phase ran in the second job
+    assert phases == ["round1"]  # no stage-1 phase ran in the second job
     files = sorted((first.root / "pseudo_labels" / "round0").glob("*.seg.nrrd"))
     assert len(files) == 8
     for f in files:
