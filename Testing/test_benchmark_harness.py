@@ -128,6 +128,15 @@ def test_reuse_accepts_a_field_added_since_at_its_default_only(finished):
     assert harness._finished(job, "supervised", cohort, other) is None
 
 
+def test_a_phantom_recorded_before_a_setting_existed_is_reused_only_while_it_is_unset():
+    recorded = {"task": "ellipse_us", "seed": 0, "size": 64}  # written before us_omit existed
+    assert harness._same_phantom(recorded, {**recorded, "us_omit": None})
+    assert not harness._same_phantom(recorded, {**recorded, "us_omit": "fluid"})
+    assert not harness._same_phantom(recorded, {**recorded, "size": 48, "us_omit": None})
+    assert harness._same_phantom({**recorded, "us_omit": "fluid"}, {**recorded, "us_omit": "fluid"})
+    assert not harness._same_phantom({**recorded, "us_omit": "fluid"}, {**recorded, "us_omit": None})
+
+
 def test_prefetch_trains_every_seed_side_by_side_and_run_picks_the_jobs_up(tmp_path):
     bench = harness.Bench("supervised", "noisy_organ", workdir=tmp_path, train_seeds=(0, 1), jobs=2)
     bench.plan.phantom = {"size": 32, "n_slices": 4, "n_train": 4, "n_val": 1, "n_test": 1}

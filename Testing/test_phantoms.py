@@ -364,3 +364,45 @@ def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="overwrite"):
         ph.make_phantom_cohort(tmp_path / "y", cfg)
     ph.make_phantom_cohort(tmp_path / "y", cfg, overwrite=True)
+
+
+def _us_case(omit=()):
+    """One ellipse_us case rendered from the same seeded stream, with features left out."""
+    shape, spacing = (48, 48), ph.us_spacing(48)
+    rng = np.random.default_rng(7)
+    head = ph.sample_ellipse_params(1, shape, spacing, ph.PHANTOM_HEAD, rng, margin_px=2.0)[0]
+    truth = ph.draw_ellipse_mask(shape, spacing, head.minor_mm, head.aspect, head.angle_rad, head.center_xy) > 0
+    return ph.render_ultrasound(rng, shape, spacing, head, omit), truth
+
+
+def test_ellipse_us_features_can_be_left_out():
+    full, truth = _us_case()
+    # without the skull's gaps the ring is brighter where a gap was and nowhere darker
+    no_gaps, t = _us_case(("skull_gaps",))
+    assert np.array_equal(t, truth)
+    assert np.all(no_gaps >= full) and (no_gaps > full + 0.05).any()
+    # the fluid pocket is dark tissue outside the head: only pixels there change, upwards
+    no_fluid, _ = _us_case(("fluid",))
+    changed = no_fluid != full
+    assert changed.any() and not (changed & truth).any()
+    assert no_fluid[changed].mean() > full[changed].mean() + 0.1
+    # clutter blobs are bright: leaving them out darkens the brightest pixels outside the head
+    no_clutter, _ = _us_case(("clutter",))
+    assert np.quantile(no_clutter[~truth], 0.99) < np.quantile(full[~truth], 0.99)
+
+
+def test_us_omit_config(tmp_path):
+    cfg = tiny_config("ellipse_us", us_omit=" skull_gaps,fluid ")
+    assert cfg.resolved().us_omit == "fluid,skull_gaps"
+    assert tiny_config("ellipse_us", us_omit="").resolved().us_omit is None
+    with pytest.raises(ConfigError, match="unknown feature"):
+        tiny_config("ellipse_us", us_omit="speckle").resolved()
+    with pytest.raises(ConfigError, match="ellipse_us only"):
+        tiny_config("organ_ct", us_omit="fluid").resolved()
+    # the cohort keeps its heads (true masks) and records what was left out
+    info_full = ph.make_phantom_cohort(tmp_path / "full", tiny_config("ellipse_us"))
+    info = ph.make_phantom_cohort(tmp_path / "easy", cfg)
+    assert info.config.us_omit == "fluid,skull_gaps" and info_full.config.us_omit is None
+    for c_full, c in zip(load_cohort(tmp_path / "full").cases, load_cohort(tmp_path / "easy").cases):
+        assert np.array_equal(read_label(c.truth)[0], read_label(c_full.truth)[0])
+        assert not np.array_equal(read_image(c.image).array, read_image(c_full.image).array)

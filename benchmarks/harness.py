@@ -156,7 +156,7 @@ class Bench:
         cfg = PhantomConfig(task=self.task, seed=self.seed, **kw)
         if self.reuse and (root / "phantom.json").is_file():
             record = json.loads((root / "phantom.json").read_text())
-            if record.get("config") == json.loads(json.dumps(dataclasses.asdict(cfg.resolved()), default=_json)):
+            if _same_phantom(record.get("config") or {}, json.loads(json.dumps(dataclasses.asdict(cfg.resolved()), default=_json))):
                 self.phantom_info = _RecordedPhantom(record)
                 self.cohort_dir = root
                 print("  reusing the phantom cohort (same configuration)", flush=True)
@@ -426,6 +426,13 @@ class Bench:
         t_sup2 = self.step_times("supervised", {"labels": "all", **same}, cohort=ref)  # bracket the method: drift check
         sup = (t_sup + t_sup2) / 2
         return {"method_s": round(t_m, 4), "supervised_s": round(sup, 4), "ratio": round(t_m / sup, 3)}
+
+
+def _same_phantom(recorded: dict, current: dict) -> bool:
+    """A recorded phantom configuration equals the current one; a setting added to
+    PhantomConfig after the cohort was built matches when it is unset (None), so older
+    cohorts stay reusable."""
+    return recorded == {k: v for k, v in current.items() if k in recorded or v is not None}
 
 
 class _RecordedPhantom:

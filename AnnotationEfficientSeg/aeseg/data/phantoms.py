@@ -96,6 +96,9 @@ class PhantomConfig:
       labelled source cases, default 6); ``annotated_fraction``: share of present
       training images of ``lesion_pa`` with a mask (at least one).
     - ``n_aux``: unpaired auxiliary masks (``ellipse_us``, ``organ_ct``); default n_train.
+    - ``us_omit`` (``ellipse_us`` only): image features left out, comma-separated, from
+      :data:`US_FEATURES` (``fluid``, ``clutter``, ``skull_gaps``), to measure what each
+      costs a method; the heads and their true masks stay the same.
     """
 
     task: str
@@ -110,6 +113,7 @@ class PhantomConfig:
     n_clean: int | None = None
     annotated_fraction: float = 0.05
     n_aux: int | None = None
+    us_omit: str | None = None
 
     def resolved(self) -> "PhantomConfig":
         """A copy with every task default filled in; ConfigError for invalid values."""
@@ -164,7 +168,20 @@ class PhantomConfig:
             raise ConfigError(f"n_aux applies to ellipse_us and organ_ct only (task is '{self.task}')")
         return replace(self, seed=int(self.seed), n_train=n_train, n_val=n_val, n_test=n_test, size=int(self.size),
                        n_slices=n_slices, setting=setting, noise=noise, n_clean=n_clean,
-                       annotated_fraction=float(self.annotated_fraction), n_aux=n_aux)
+                       annotated_fraction=float(self.annotated_fraction), n_aux=n_aux,
+                       us_omit=_us_omit(self.task, self.us_omit))
+
+
+def _us_omit(task: str, value: str | None) -> str | None:
+    """``us_omit`` checked and normalised (sorted, comma-separated; None when empty)."""
+    if value is None or not str(value).strip():
+        return None
+    if task != "ellipse_us":
+        raise ConfigError(f"us_omit applies to ellipse_us only (task is '{task}')")
+    names = sorted({v.strip() for v in str(value).split(",") if v.strip()})
+    if unknown := [v for v in names if v not in US_FEATURES]:
+        raise ConfigError(f"us_omit: unknown feature(s) {', '.join(unknown)}; choose from {', '.join(US_FEATURES)}")
+    return ",".join(names)
 
 
 def _count(name: str, value: int | None, default: int, minimum: int = 0) -> int:
@@ -348,8 +365,11 @@ def _signed_distance_2d(mask: np.ndarray, spacing_yx: tuple[float, float]) -> np
 # --------------------------------------------------------------------------- ellipse_us
 
 
+US_FEATURES: tuple[str, ...] = ("clutter", "fluid", "skull_gaps")
+
+
 def render_ultrasound(rng: np.random.Generator, shape_yx: Sequence[int], spacing_xy: Sequence[float],
-                      head: EllipseParams) -> np.ndarray:
+                      head: EllipseParams, omit: Sequence[str] = ()) -> np.ndarray:
     """A B-mode-like ``(Y, X)`` float32 image in [0, 1] of a head ``head``, beam from the top.
 
     Reflectivity: tissue with smoothed texture, a fluid pocket along part of the head,
@@ -357,7 +377,14 @@ def render_ultrasound(rng: np.random.Generator, shape_yx: Sequence[int], spacing
     incidence and drops in 1–3 random arcs (weak / missing boundary), bright clutter
     blobs and a curved bright line; then attenuation exp(−α·depth), multiplicative
     Rayleigh speckle (magnitude of smoothed complex Gaussian noise) and log compression.
+
+    ``omit`` (names from :data:`US_FEATURES`) leaves features out: ``fluid`` the fluid
+    pocket, ``skull_gaps`` the skull echo's drops (a complete ring, brighter nowhere less),
+    ``clutter`` the bright blobs (the curved line stays). The pocket's and the gaps' random
+    draws are still made, so those images differ only there; the blobs' are skipped, so the
+    later draws (line, attenuation, speckle) differ too.
     """
+    omit = frozenset(omit)
     ny, nx = int(shape_yx[0]), int(shape_yx[1])
     sx, sy = float(spacing_xy[0]), float(spacing_xy[1])
     px, py = _physical_grid(shape_yx, spacing_xy)
@@ -374,7 +401,8 @@ def render_ultrasound(rng: np.random.Generator, shape_yx: Sequence[int], spacing
     for _ in range(int(rng.integers(1, 3))):
         centre, half = rng.uniform(-math.pi, math.pi), rng.uniform(0.8, 2.0)
         fluid |= (np.abs(_wrap(phi - centre)) < half) & (sdf > 0) & (sdf < width)
-    refl = np.where(fluid, 0.03, refl)
+    if "fluid" not in omit:
+        refl = np.where(fluid, 0.03, refl)
     # brain: dark, faint texture, midline echo along the major axis
     brain = 0.08 + 0.02 * _smooth_noise(rng, (ny, nx), 2.0)
     half_minor = 0.5 * head.minor_mm
@@ -387,12 +415,13 @@ def render_ultrasound(rng: np.random.Generator, shape_yx: Sequence[int], spacing
     gain = np.ones_like(phi)
     for _ in range(int(rng.integers(1, 4))):
         centre, w, depth = rng.uniform(-math.pi, math.pi), rng.uniform(0.25, 0.7), rng.uniform(0.7, 1.0)
-        gain -= depth * np.exp(-0.5 * (_wrap(phi - centre) / w) ** 2)
+        if "skull_gaps" not in omit:
+            gain -= depth * np.exp(-0.5 * (_wrap(phi - centre) / w) ** 2)
     gain = np.clip(gain, 0.05, 1.0) * (0.3 + 0.7 * ny_normal)
     w_ring = max(0.8 * pix, 0.04 * head.minor_mm)
     refl = refl + 2.0 * gain * np.exp(-0.5 * ((sdf + w_ring) / w_ring) ** 2)
     # clutter: bright elongated blobs and a curved line (e.g. uterine wall)
-    for _ in range(int(rng.integers(2, 6))):
+    for _ in range(0 if "clutter" in omit else int(rng.integers(2, 6))):
         cx, cy = rng.uniform(0, nx * sx), rng.uniform(0, ny * sy)
         length, thick, ang = rng.uniform(1.0, 3.5), rng.uniform(0.3, 0.8), rng.uniform(0, math.pi)
         du = (px - cx) * math.cos(ang) + (py - cy) * math.sin(ang)
@@ -736,12 +765,13 @@ def _make_ellipse_us(cfg: PhantomConfig) -> tuple[list[_Case], list[tuple[str, n
     shape = (cfg.size, cfg.size)
     geom = Geometry((cfg.size, cfg.size, 1), (spacing[0], spacing[1], 1.0),
                     (-0.5 * US_PHANTOM_FOV_MM[0], 0.0, 0.0), _IDENTITY, ndim=2)
+    omit = tuple(cfg.us_omit.split(",")) if cfg.us_omit else ()
     cases = []
     for split, n in _split_sizes(cfg).items():
         for i in range(n):
             rng = _case_rng(cfg, split, i)
             head = sample_ellipse_params(1, shape, spacing, PHANTOM_HEAD, rng, margin_px=2.0)[0]
-            img = render_ultrasound(rng, shape, spacing, head)
+            img = render_ultrasound(rng, shape, spacing, head, omit)
             truth = draw_ellipse_mask(shape, spacing, head.minor_mm, head.aspect, head.angle_rad, head.center_xy)
             cases.append(_Case(f"{split}_{i:03d}", split, img[None], truth[None], geom, ".mha"))
     aux = sample_ellipse_masks(cfg.n_aux, shape, spacing, PHANTOM_HEAD, _aux_rng(cfg))
