@@ -93,3 +93,10 @@ def test_the_title_names_every_setting_beyond_the_plans():
                   sets_all={"train_rotation": 60})
     assert figures.title_of(result) == ("aide on noisy_organ\nsemi (3 seeds), phantom seed 1, phantom n_clean=4, "
                                         "train_rotation=60, views=4")
+    # a long setting (a note) is wrapped to lines of at most the given width, no word lost
+    result["note"] = "a note that runs on " * 12
+    lines = figures.title_of(result, width=60).split("\n")[1:]
+    assert len(lines) > 2 and max(map(len, lines)) <= 60
+    from table import setting_text
+
+    assert " ".join(lines).split() == setting_text(result).split()

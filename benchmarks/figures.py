@@ -111,11 +111,15 @@ def headline(result: dict) -> str:
     return text + ("" if value is None else f" (target ≥ {100 * value:.0f} %)")
 
 
-def title_of(result: dict) -> str:
-    """Method, task and the setting as the README tables word it."""
+def title_of(result: dict, width: int = 90) -> str:
+    """Method, task and the setting as the README tables word it, the setting wrapped at
+    ``width`` characters so that a long note stays inside the figure."""
+    import textwrap
+
     from table import setting_text
 
-    return f"{result.get('method', '?')} on {result.get('task', '?')}\n{setting_text(result)}"
+    setting = "\n".join(textwrap.wrap(setting_text(result), width))
+    return f"{result.get('method', '?')} on {result.get('task', '?')}\n{setting}"
 
 
 def draw(result: dict, path: Path) -> Path:
@@ -125,7 +129,8 @@ def draw(result: dict, path: Path) -> Path:
     rows = rows_of(result)
     if not rows:
         raise ValueError("the result has no test Dice rows")
-    fig = new_figure(7.5, 1.2 + 0.42 * len(rows))
+    title = title_of(result) + "\n" + headline(result)
+    fig = new_figure(7.5, 0.8 + 0.42 * len(rows) + 0.16 * title.count("\n"))
     ax = fig.add_subplot(1, 1, 1)
     ys = list(range(len(rows)))[::-1]  # first row at the top
     for y, r in zip(ys, rows):
@@ -145,7 +150,7 @@ def draw(result: dict, path: Path) -> Path:
         ax.text(tgt, ys[-1] - 0.45, " target", color=(0.84, 0.15, 0.16), fontsize=8, va="top")
     ax.set_xlim(0, 1)
     ax.set_xlabel("test Dice (bar: mean over test cases, whisker: ± sd, dots: training seeds)")
-    ax.set_title(title_of(result) + "\n" + headline(result), fontsize=9)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return save_png(fig, path)
 

@@ -197,8 +197,9 @@ quick profile's networks and images with ``gan_epochs=240`` and ``round_epochs=1
 against the harness's long oracle (1000 steps of batch 16). That oracle, trained by hand on
 the same cohort, gives 0.927 over 5 seeds (0.931 with 2000 steps, seeds 0 / 1): the quick
 oracle's 0.894 is not converged, and the long setting is about 0.20 below a converged one.
-The profile has not been run through the harness (about 65 min for 5 seeds with ``--jobs
-2 --no-ablations``). Weight averages of the CycleGAN (``gan_ema=0.995``) on top of the long
+Run through the harness in session 28 (about 90 min from scratch with ``--jobs 2 --no-ablations``,
+file ``shape_prior_gan_ellipse_us_long_5seeds_epyc.json``): 0.725 against the long oracle's
+0.927, 0.202 below it; its method and stage-2 rows equal the ``--set`` run's to the digit. Weight averages of the CycleGAN (``gan_ema=0.995``) on top of the long
 setting smooth G_A's validation curve but leave the final Dice where it was: 0.725, paired
 −0.000 (−0.029 … +0.027), stage-1 pseudo labels 0.671 against 0.664. With the same stage 1
 loaded by every stage-2 row, LQSS adds 0.009 over one plain U-Net, the rounds 0.001 and the
@@ -208,8 +209,8 @@ that is chance. Stage 2 rerun with two other seeds on each job's stage 1 gives 5
 of 0.749 / 0.720 / 0.749 (one job's test Dice moves by sd 0.028), so the stage-2 rows do not
 differ beyond stage 2's own randomness. What costs stage 1 most is the skull's gaps (weak or
 missing boundary, in the task's specification): rendered without them (``--phantom
-us_omit=skull_gaps``, same heads) the long CycleGAN's pseudo labels reach 0.839 on seed 0
-against 0.723, and 0.918 without clutter and fluid as well; with the gaps, leaving out the
+us_omit=skull_gaps``, same heads) the long CycleGAN's pseudo labels reach 0.839 / 0.783 on
+seeds 0 / 1 against 0.722 / 0.612, and 0.918 (seed 0) without clutter and fluid as well; with the gaps, leaving out the
 fluid or the clutter gives 0.634 / 0.684 (``benchmarks/NOTES.md``).
 """
 
