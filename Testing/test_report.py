@@ -88,6 +88,12 @@ def test_plot_overview_grid_and_contours(tmp_path):
     full.masks = {"Given label": np.ones((48, 64), bool)}
     assert _colour_pixels(_png(plot_overview([full], tmp_path / "full.png")), SEGMENT_COLOURS["Given label"]) > 100
     assert _varies(_png(plot_overview([], tmp_path / "none.png", "Nothing")))
+    # a colour given by name replaces the segment colour of that mask
+    red = (1.0, 0.0, 0.0)
+    assert _colour_pixels(one, red) < 20
+    recoloured = _png(plot_overview([_case("c1")], tmp_path / "red.png", "One", colours={"Given label": red}))
+    assert _colour_pixels(recoloured, red) > 50
+    assert _colour_pixels(recoloured, SEGMENT_COLOURS["Given label"]) < _colour_pixels(one, SEGMENT_COLOURS["Given label"]) - 50
 
 
 def test_plot_overview_rejects_mismatched_mask(tmp_path):

@@ -1,11 +1,12 @@
 """Training images with the true outline and a job's pseudo label, one row per job.
 
-``python benchmarks/montage.py --row NAME=COHORT:JOB [--row ...] --out FIG.png [--cases N]``
+``python benchmarks/montage.py --row NAME=COHORT:JOB [--row ...] --out FIG.png``
 
-Each row shows the first ``N`` training cases of ``COHORT`` (a phantom cohort folder with
-``truth/``) with the true outline in green and the outline of the job's
-``pseudo_labels/<case>.seg.nrrd`` in magenta, and gives the mean pseudo-label Dice over
-all training cases beside its name. For comparing stage-1 runs of ``shape_prior_gan`` on
+Each row shows the first four training cases of ``COHORT`` (a phantom cohort
+folder with ``truth/``) with the true outline and the outline of the job's
+``pseudo_labels/<case>.seg.nrrd`` (the report's overview grid,
+:func:`aeseg.report.overview.plot_overview`), and gives the mean pseudo-label Dice over all
+training cases in each panel's title (four panels per row, as the overview grid lays them out). For comparing stage-1 runs of ``shape_prior_gan`` on
 cohorts rendered with and without some image features (``--phantom us_omit=...``); the
 pseudo labels live on each case's own grid, so no resampling is involved.
 """
@@ -29,34 +30,24 @@ def _row(spec: str) -> tuple[str, Path, Path]:
     return name, Path(cohort), Path(job)
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-
-    m = mask > 0
-    return m & ~ndimage.binary_erosion(m)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--row", type=_row, action="append", required=True, help="NAME=COHORT:JOB (repeatable)")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--cases", type=int, default=6)
     a = ap.parse_args(argv)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from PIL import Image
 
     from aeseg.cohort.reading import read_image, read_label
     from aeseg.quality.metrics import dice
+    from aeseg.report.overview import MAX_COLUMNS, OverviewCase, plot_overview
 
-    fig, axes = plt.subplots(len(a.row), a.cases, figsize=(1.6 * a.cases + 1.4, 1.7 * len(a.row)), squeeze=False)
-    for r, (name, cohort, job) in enumerate(a.row):
+    panels: list[OverviewCase] = []
+    for name, cohort, job in a.row:
         truths = sorted((cohort / "truth").glob("train_*"))
         if not truths:
             raise SystemExit(f"{cohort}: no truth/train_* files")
-        scores = []
+        scores, row = [], []
         for k, tpath in enumerate(truths):
             cid = tpath.name.split(".")[0]
             ppath = job / "pseudo_labels" / f"{cid}.seg.nrrd"
@@ -64,29 +55,20 @@ def main(argv=None) -> int:
                 raise SystemExit(f"{job}: no pseudo label for {cid}")
             truth, pseudo = read_label(tpath)[0] > 0, read_label(ppath)[0] > 0
             scores.append(dice(pseudo, truth))
-            if k >= a.cases:
-                continue
-            img = read_image(next((cohort / "images").glob(f"{cid}.*"))).array.reshape(truth.shape[-2:])
-            rgb = np.repeat(((img - img.min()) / max(float(np.ptp(img)), 1e-6))[..., None], 3, axis=-1)
-            rgb[_outline(truth.reshape(img.shape))] = (0.1, 0.9, 0.1)
-            rgb[_outline(pseudo.reshape(img.shape))] = (0.95, 0.1, 0.95)
-            ax = axes[r, k]
-            ax.imshow(rgb, interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
-            ax.set_title(f"{cid}: {scores[-1]:.2f}", fontsize=7)
-        axes[r, 0].set_ylabel(f"{name}\nmean {np.mean(scores):.3f}", fontsize=8)
+            if k < MAX_COLUMNS:
+                shape = truth.shape[-2:]
+                img = read_image(next((cohort / "images").glob(f"{cid}.*"))).array.reshape(shape)
+                row.append(OverviewCase(cid, img, {"Truth": truth.reshape(shape), "Pseudo label": pseudo.reshape(shape)},
+                                        subtitle=f"Dice {scores[-1]:.2f}"))
+        if len(row) < MAX_COLUMNS:
+            raise SystemExit(f"{cohort}: {len(row)} training cases; a row needs {MAX_COLUMNS}")
+        for c in row:
+            c.case_id = f"{name} (mean {np.mean(scores):.3f})\n{c.case_id}"
+        panels += row
         print(f"{name}: mean pseudo-label Dice {np.mean(scores):.3f} over {len(scores)} training cases")
-    fig.suptitle("green: truth, magenta: pseudo label (Dice per case)", fontsize=9)
-    fig.tight_layout()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=80, format="png")
-    buf.seek(0)  # speckle compresses badly: a 64-colour palette keeps the file small
-    Image.open(buf).convert("RGB").quantize(64).save(a.out, optimize=True)
+    plot_overview(panels, a.out, title="training images: true outline and pseudo label",
+                  colours={"Truth": (0.2, 0.9, 0.2), "Pseudo label": (0.95, 0.1, 0.95)})
+    Image.open(a.out).convert("RGB").quantize(64).save(a.out, optimize=True)  # speckle compresses badly
     print(f"wrote {a.out}")
     return 0
 

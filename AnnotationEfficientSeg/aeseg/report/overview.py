@@ -131,17 +131,19 @@ def _draw_map(ax, case: OverviewCase, name: str, colours: dict[str, tuple[float,
     ax.set_title(name, fontsize=9)
 
 
-def plot_overview(cases: list[OverviewCase], path: str | os.PathLike, title: str = "") -> Path:
+def plot_overview(cases: list[OverviewCase], path: str | os.PathLike, title: str = "",
+                  colours: dict[str, tuple[float, float, float]] | None = None) -> Path:
     """Grid of ``cases`` (up to four per row) with mask contours and a legend, saved as PNG.
 
     When a case has maps, every case takes a row: its image, then up to :data:`MAX_MAPS`
     of its maps (see :func:`map_style`), each with the masks' contours. Empty masks are
     listed in the legend but draw nothing; an empty ``cases`` list gives a placeholder image.
+    ``colours`` overrides the colour of masks by name (others: :func:`mask_colours`).
     """
     names: list[str] = []
     for c in cases:
         names.extend(n for n in c.masks if n not in names)
-    colours = mask_colours(names)
+    colours = {**mask_colours(names), **(colours or {})}
     n = len(cases)
     n_maps = min(max((len(c.maps) for c in cases), default=0), MAX_MAPS)
     if n_maps:
