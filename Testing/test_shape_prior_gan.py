@@ -211,6 +211,27 @@ def test_minibatch_std_lets_the_mask_discriminator_see_the_batchs_variety():
     assert torch.allclose(plain(varied)[0], plain(same)[0], atol=1e-6)
 
 
+def test_zoom_crop_magnifies_by_the_factor_and_stays_inside_the_image():
+    """``gan_crop`` (the paper's resize to 288 then random 256 crop): a horizontal ramp comes
+    back with its slope divided by the factor (magnified), each sample's window at its own place but
+    inside the magnified image; masks stay binary with ``nearest``; factor 1 is the identity."""
+    from aeseg.methods.common import random_zoom_crop
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.linspace(-1, 1, 32).view(1, 1, 1, 32).expand(6, 1, 32, 32).contiguous()
+    assert random_zoom_crop(x, 1.0, g) is x
+    y = random_zoom_crop(x, 2.0, g)
+    assert y.shape == x.shape
+    step = float(x[0, 0, 0, 1] - x[0, 0, 0, 0])
+    slopes = (y[..., 1:] - y[..., :-1]).flatten(1).median(1).values  # the last half pixel may be clamped
+    assert torch.allclose(slopes, torch.full_like(slopes, step / 2), atol=1e-5)
+    first = y[:, 0, 0, 0]
+    assert (first >= -1 - 1e-6).all() and (y[:, 0, 0, -1] <= 1 + 1e-6).all()
+    assert len(torch.unique(first.round(decimals=3))) > 1  # windows differ between samples
+    m = (torch.rand(6, 1, 32, 32, generator=g) > 0.5).float()
+    assert set(torch.unique(random_zoom_crop(m, 1.125, g, mode="nearest")).tolist()) <= {0.0, 1.0}
+
+
 def test_history_pool_returns_new_or_stored_fakes_and_resumes_exactly():
     g = torch.Generator().manual_seed(0)
     off = HistoryPool(0)

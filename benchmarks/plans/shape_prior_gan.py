@@ -214,7 +214,12 @@ seeds 0 / 1 against 0.722 / 0.612, and 0.918 (seed 0) without clutter and fluid 
 fluid or the clutter gives 0.634 / 0.684 (``benchmarks/NOTES.md``). The whole long method
 on the no-gaps images, seeds 0–3 (scratch): 0.867 against that cohort's long oracle 0.956,
 0.089 below it (0.191 on the benchmarked images, same seeds): the gaps are about half of
-the distance.
+the distance. Session 29, stage 1 alone on the benchmarked images, seeds 0 / 1 (pseudo
+labels against the plan's 0.723 / 0.612): λ_VAE 0.3 / 3 / 10 (the weight the paper
+grid-searched) 0.620 / 0.564, 0.703 / 0.669, 0.660 / 0.570 (λ_VAE 3 on seeds 2 / 3: 0.666 /
+0.640 against 0.652 / 0.723, four-seed mean 0.670 against 0.677); the paper's
+resize-then-crop (``gan_crop=1.125``) 0.625 / 0.604; ``gan_lr=2e-4`` 0.718 / 0.615. The
+long profile keeps the quick profile's values.
 """
 
 from __future__ import annotations
