@@ -75,6 +75,35 @@ def test_rotation_zoom_views_invert_within_interpolation_error():
     assert f[0, 0, 0, 0] == pytest.approx(-1.0) and f[0, 0, 8, 8] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_shifted_views_move_by_whole_pixels_and_invert():
+    """A view window's ``shift`` (the random crop of a magnified image): a shift of two
+    pixels' worth moves the content by exactly two pixels; shifted, rotated and zoomed
+    views invert within interpolation error where they saw the image; parameters without
+    a shift concatenate with shifted ones."""
+    from aeseg.methods.augment import AffineParams
+
+    a = torch.arange(64.0).view(1, 1, 8, 8)
+    px = 2 * 2 / 8  # two pixels in normalised coordinates (the image spans 2)
+    p = AffineParams(torch.zeros(1), torch.ones(1), torch.zeros(1, dtype=torch.bool),
+                     torch.zeros(1, dtype=torch.bool), torch.tensor([[px, 0.0]]))
+    moved = apply(a, p, padding_mode="border")
+    assert torch.allclose(moved[..., :6], a[..., 2:], atol=1e-4)  # output column j shows input j + 2
+    x = _blob(6, 64, 64)
+    g = torch.Generator().manual_seed(4)
+    q = sample_affine(6, 30.0, zoom_range=(1.0, 1.3), flip_p=0.5, generator=g)
+    q = AffineParams(q.angle, q.zoom, q.hflip, q.vflip, 0.2 * (2 * torch.rand(6, 2, generator=g) - 1))
+    y = apply(x, q)
+    unshifted = apply(x, AffineParams(q.angle, q.zoom, q.hflip, q.vflip))
+    assert (y - unshifted).abs().amax() > 0.1  # the shift moved the views
+    inside = coverage(q, (64, 64))[:, :1].expand_as(x) > 0.999
+    assert inside.float().mean() > 0.4
+    err = (invert(y, q) - x).abs()[inside]
+    assert err.max() < 0.03 and err.mean() < 0.005
+    both = AffineParams.cat([AffineParams(q.angle, q.zoom, q.hflip, q.vflip), q])
+    assert torch.equal(both.shift[:6], torch.zeros(6, 2)) and torch.equal(both.shift[6:], q.shift)
+    assert torch.allclose(apply(torch.cat([x, x]), both)[6:], y)
+
+
 def test_training_rotations_move_image_and_labels_together():
     from aeseg.methods.common import random_rotations
 

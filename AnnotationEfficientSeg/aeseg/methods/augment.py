@@ -21,8 +21,9 @@ Usage::
 Conventions: a transform is flip (left-right ``hflip``, then up-down ``vflip``,
 both exact via ``torch.flip``) followed by a rotation by ``angle`` (radians;
 +90° equals ``torch.rot90(x, -1, (-2, -1))``, i.e. clockwise as displayed with row 0 on top) and an isotropic zoom (``zoom`` > 1 magnifies:
-zoom-in) about the image centre. Rotation and zoom are done in *pixel* units, so
-they stay rigid on non-square images.
+zoom-in) about the image centre, then an optional ``shift`` of the view window (normalised
+input coordinates, (x, y); a random crop of a magnified image). Rotation and zoom are done
+in *pixel* units, so they stay rigid on non-square images.
 
 Inverse exactness: flips are undone exactly (bit-identical); a sample with no
 rotation and zoom 1 skips resampling altogether, so pure-flip views invert exactly.
@@ -55,22 +56,34 @@ class AffineParams:
     zoom: torch.Tensor  # > 1 = zoom in
     hflip: torch.Tensor  # bool, left-right (last axis)
     vflip: torch.Tensor  # bool, up-down (second-to-last axis)
+    shift: torch.Tensor | None = None  # (B, 2): the view window's centre in normalised input (x, y); None: centred
 
     def __len__(self) -> int:
         return int(self.angle.shape[0])
 
     def to(self, device: torch.device | str) -> "AffineParams":
-        return AffineParams(self.angle.to(device), self.zoom.to(device), self.hflip.to(device), self.vflip.to(device))
+        return AffineParams(self.angle.to(device), self.zoom.to(device), self.hflip.to(device), self.vflip.to(device),
+                            None if self.shift is None else self.shift.to(device))
+
+    def take(self, index: torch.Tensor) -> "AffineParams":
+        """The parameters of the samples at ``index``."""
+        return AffineParams(self.angle[index], self.zoom[index], self.hflip[index], self.vflip[index],
+                            None if self.shift is None else self.shift[index])
 
     @property
     def resampled(self) -> torch.Tensor:
-        """Bool ``(B,)``: samples that need interpolation (rotation or zoom ≠ 1)."""
-        return (self.angle != 0) | (self.zoom != 1)
+        """Bool ``(B,)``: samples that need interpolation (rotation, zoom ≠ 1 or a shift)."""
+        out = (self.angle != 0) | (self.zoom != 1)
+        return out if self.shift is None else out | (self.shift != 0).any(1)
 
     @staticmethod
     def cat(params: Sequence["AffineParams"]) -> "AffineParams":
         """Concatenate parameter sets (e.g. K views of a batch stacked along dim 0)."""
-        return AffineParams(*(torch.cat([getattr(p, k) for p in params]) for k in ("angle", "zoom", "hflip", "vflip")))
+        fields = [torch.cat([getattr(p, k) for p in params]) for k in ("angle", "zoom", "hflip", "vflip")]
+        if all(p.shift is None for p in params):
+            return AffineParams(*fields)
+        shifts = [p.shift if p.shift is not None else p.angle.new_zeros(len(p), 2) for p in params]
+        return AffineParams(*fields, torch.cat(shifts))
 
 
 def sample_affine(batch: int, rotation_deg: float = 0.0, zoom_range: tuple[float, float] = (1.0, 1.0),
@@ -122,7 +135,8 @@ def _theta(p: AffineParams, hw: tuple[int, int], inverse: bool, dtype: torch.dty
     ``affine_grid`` maps output coordinates to input coordinates. For the forward
     transform, an output pixel at (centred, pixel-unit) position q shows the input at
     R(−angle)·q / zoom; the inverse maps q to zoom·R(angle)·q. Pixel ↔ normalised
-    conversion D = diag(W/2, H/2) keeps the rotation rigid: θ = D⁻¹ A D."""
+    conversion D = diag(W/2, H/2) keeps the rotation rigid: θ = D⁻¹ A D. A ``shift`` s moves
+    the window: forward, q shows the input at θ q + s; the inverse maps r to θ⁻¹ (r − s)."""
     h, w = hw
     a = p.angle.to(dtype)
     s = p.zoom.to(dtype)
@@ -137,6 +151,9 @@ def _theta(p: AffineParams, hw: tuple[int, int], inverse: bool, dtype: torch.dty
     t[:, 0, 1] = -sn * (h / w)
     t[:, 1, 0] = sn * (w / h)
     t[:, 1, 1] = c
+    if p.shift is not None:
+        s2 = p.shift.to(dtype)
+        t[:, :, 2] = -(t[:, :, :2] @ s2.unsqueeze(-1)).squeeze(-1) if inverse else s2
     return t
 
 
@@ -146,7 +163,7 @@ def _warp(x: torch.Tensor, p: AffineParams, inverse: bool, mode: str, padding_mo
         return x
     xf = x if x.is_floating_point() else x.float()
     sub = need.nonzero().squeeze(1)
-    ps = AffineParams(p.angle[sub], p.zoom[sub], p.hflip[sub], p.vflip[sub])
+    ps = p.take(sub)
     theta = _theta(ps, x.shape[-2:], inverse, xf.dtype if xf.dtype in (torch.float32, torch.float64) else torch.float32)
     xs = xf[sub]
     grid = F.affine_grid(theta, list(xs.shape), align_corners=False).to(xs.dtype)
@@ -158,7 +175,7 @@ def _warp(x: torch.Tensor, p: AffineParams, inverse: bool, mode: str, padding_mo
 
 def apply(x: torch.Tensor, p: AffineParams, mode: str = "bilinear", padding_mode: str = "zeros",
           fill: float = 0.0) -> torch.Tensor:
-    """Transform a batch ``(B, C, H, W)``: exact flips, then rotation + zoom (one
+    """Transform a batch ``(B, C, H, W)``: exact flips, then rotation, zoom and shift (one
     ``grid_sample`` over the samples that need it). Integer label maps need
     ``mode="nearest"`` and keep their dtype. With ``padding_mode="zeros"``, pixels from
     outside the image take the value ``fill`` (e.g. −1, the darkest value of images
@@ -173,7 +190,7 @@ def apply(x: torch.Tensor, p: AffineParams, mode: str = "bilinear", padding_mode
 
 def invert(y: torch.Tensor, p: AffineParams, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
     """Map a transformed batch (e.g. predictions on augmented views) back to the
-    original frame: undo rotation + zoom by resampling, then undo flips exactly."""
+    original frame: undo rotation, zoom and shift by resampling, then undo flips exactly."""
     if len(p) != y.shape[0]:
         raise ValueError(f"{len(p)} transforms for a batch of {y.shape[0]}")
     return _flip(_warp(y, p, inverse=True, mode=mode, padding_mode=padding_mode), p)

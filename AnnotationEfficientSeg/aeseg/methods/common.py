@@ -6,11 +6,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
-from .augment import apply, sample_affine
+from .augment import AffineParams, apply, sample_affine
 
 
 def seg_loss() -> DiceCELoss:
@@ -50,27 +49,18 @@ def random_flips(image: torch.Tensor, label: torch.Tensor | None, g: torch.Gener
 
 
 def random_zoom_crop(image: torch.Tensor, factor: float, g: torch.Generator, mode: str = "bilinear") -> torch.Tensor:
-    """Resize-then-random-crop, as one batched resampling: each sample is magnified by
-    ``factor`` and a window of its original size is taken at a uniformly random place
-    inside the magnified image (the shape-prior GAN paper resizes to 288 × 288 and crops
-    256 × 256: ``factor`` 1.125). ``mode="nearest"`` keeps binary masks binary. ``factor``
-    1 returns the input and draws no random numbers. Written with ``affine_grid`` because
-    MONAI's ``RandSpatialCrop`` draws one window per call, not one per sample of a batch."""
+    """Resize-then-random-crop, as one batched resampling (:mod:`.augment`): each sample is
+    magnified by ``factor`` and a window of its original size is taken at a uniformly random
+    place inside the magnified image (the shape-prior GAN paper resizes to 288 × 288 and
+    crops 256 × 256: ``factor`` 1.125). ``mode="nearest"`` keeps binary masks binary.
+    ``factor`` 1 returns the input and draws no random numbers."""
     if factor <= 1.0:
         return image
     b = image.shape[0]
-    s = 1.0 / factor
-    shift = (2.0 * torch.rand(2, b, generator=g) - 1.0) * (1.0 - s)
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0] = s
-    theta[:, 1, 1] = s
-    theta[:, 0, 2] = shift[0]
-    theta[:, 1, 2] = shift[1]
-    theta = theta.to(device=image.device, dtype=image.dtype if image.is_floating_point() else torch.float32)
-    x = image if image.is_floating_point() else image.float()
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
-    return out if image.is_floating_point() else out.to(image.dtype)
+    shift = (2.0 * torch.rand(2, b, generator=g) - 1.0) * (1.0 - 1.0 / factor)
+    no = torch.zeros(b, dtype=torch.bool)
+    p = AffineParams(torch.zeros(b), torch.full((b,), float(factor)), no, no, shift.T.contiguous())
+    return apply(image, p.to(image.device), mode=mode, padding_mode="border")
 
 
 def random_rotations(image: torch.Tensor, labels: list[torch.Tensor], degrees: float,
