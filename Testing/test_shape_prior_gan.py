@@ -232,6 +232,34 @@ def test_zoom_crop_magnifies_by_the_factor_and_stays_inside_the_image():
     assert set(torch.unique(random_zoom_crop(m, 1.125, g, mode="nearest")).tolist()) <= {0.0, 1.0}
 
 
+def test_boundary_dropout_removes_boundary_sectors_and_nothing_else():
+    """``boundary_dropout``: a bright ring on the boundary of a disc mask loses its
+    brightness in some angular sectors (down to the background there), pixels more than
+    ``band`` from the boundary are untouched, the image keeps its gradient, and ``p`` 0 is the
+    identity without drawing random numbers."""
+    from aeseg.methods.common import boundary_dropout
+
+    h = w = 48
+    ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    r = torch.hypot(ys - 22, xs - 26)
+    mask = (r < 11).float().expand(5, 1, h, w)
+    on_ring = (r - 11).abs() < 1.0
+    img = torch.where(on_ring, 1.0, -0.5).expand(5, 1, h, w).clone().requires_grad_(True)
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    assert boundary_dropout(img, mask, g, 0.0, 2) is img
+    assert torch.equal(g.get_state(), state)
+
+    out = boundary_dropout(img, mask, g, 1.0, 2)
+    far = (r - 11).abs() > 3.5
+    assert torch.equal(out[..., far], img[..., far])
+    ring = out[..., on_ring].detach()  # (5, 1, n)
+    assert (ring.amin(-1) < -0.2).all()  # every sample lost its ring somewhere ...
+    assert ((ring > 0.8).float().mean(-1) > 0.2).all()  # ... but not everywhere: sectors, not the whole ring
+    out.sum().backward()
+    assert img.grad.abs().sum() > 0
+
+
 def test_history_pool_returns_new_or_stored_fakes_and_resumes_exactly():
     g = torch.Generator().manual_seed(0)
     off = HistoryPool(0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
@@ -61,6 +62,55 @@ def random_zoom_crop(image: torch.Tensor, factor: float, g: torch.Generator, mod
     no = torch.zeros(b, dtype=torch.bool)
     p = AffineParams(torch.zeros(b), torch.full((b,), float(factor)), no, no, shift.T.contiguous())
     return apply(image, p.to(image.device), mode=mode, padding_mode="border")
+
+
+def boundary_dropout(image: torch.Tensor, mask: torch.Tensor, g: torch.Generator, p: float, band: int,
+                     max_sectors: int = 3, sd_range: tuple[float, float] = (0.2, 0.6)) -> torch.Tensor:
+    """Weak or missing boundary segments, as acoustic shadows leave them in ultrasound: with
+    probability ``p`` per sample, 1 to ``max_sectors`` angular sectors about the centroid of
+    ``mask`` (each Gaussian in angle, sd U(``sd_range``) radians, the strongest one counts)
+    replace the image within ``band`` pixels of the mask's boundary (a morphological
+    gradient, max-pooled) by the local mean of the pixels outside that band (normalised
+    convolution with a Gaussian of sd ``band``, MONAI's ``GaussianFilter``) plus the fine
+    detail of the image rolled by a random offset: the boundary's echo is removed there,
+    its surroundings' brightness and texture kept. ``image`` (B, 1, H, W), ``mask``
+    (B, 1, H, W) in {0, 1}; differentiable in ``image``. ``p`` 0 returns the input and draws
+    no random numbers. Not in any method's paper; see ``shape_prior_gan``'s
+    ``boundary_dropout``."""
+    if p <= 0.0:
+        return image
+    from monai.networks.layers import GaussianFilter
+
+    b, _, h, w = image.shape
+    on = (torch.rand(b, generator=g) < p).to(image.device)
+    n_sec = torch.randint(1, max_sectors + 1, (b,), generator=g)
+    centre = (2.0 * torch.rand(b, max_sectors, generator=g) - 1.0) * math.pi
+    sd = sd_range[0] + (sd_range[1] - sd_range[0]) * torch.rand(b, max_sectors, generator=g)
+    active = (torch.arange(max_sectors)[None] < n_sec[:, None]).float()
+    centre, sd, active = (t.to(image.device)[:, None, None, None, :] for t in (centre, sd, active))
+
+    m = mask.to(image.dtype)
+    k = 2 * band + 1
+    ring = F.max_pool2d(m, k, 1, band) + F.max_pool2d(-m, k, 1, band)  # dilation − erosion
+    ys = torch.arange(h, device=image.device, dtype=image.dtype)[:, None].expand(h, w)
+    xs = torch.arange(w, device=image.device, dtype=image.dtype)[None, :].expand(h, w)
+    area = m.sum((-2, -1), keepdim=True).clamp_min(1.0)
+    cy = torch.where(m.sum((-2, -1), keepdim=True) > 0, (m * ys).sum((-2, -1), keepdim=True) / area, (h - 1) / 2.0)
+    cx = torch.where(m.sum((-2, -1), keepdim=True) > 0, (m * xs).sum((-2, -1), keepdim=True) / area, (w - 1) / 2.0)
+    phi = torch.atan2(ys - cy, xs - cx)[..., None]
+    d = torch.remainder(phi - centre + math.pi, 2.0 * math.pi) - math.pi
+    sector = (torch.exp(-0.5 * (d / sd) ** 2) * active).amax(-1)
+    weight = sector * ring * on[:, None, None, None].to(image.dtype)
+
+    smooth = GaussianFilter(2, float(band)).to(image.device)
+    keep = 1.0 - ring
+    mean = smooth(image * keep) / smooth(keep).clamp_min(1e-3)
+    # texture: the fine detail (image − its Gaussian mean) of the image rolled by a random
+    # offset, so that the filled band is speckled like its surroundings, not smooth
+    dy, dx = (int(v) for v in torch.randint(h // 4, h - h // 4 + 1, (2,), generator=g))
+    rolled = image.roll((dy, dx), (-2, -1))
+    fill = mean + rolled - smooth(rolled)
+    return image * (1.0 - weight) + fill * weight
 
 
 def random_rotations(image: torch.Tensor, labels: list[torch.Tensor], degrees: float,

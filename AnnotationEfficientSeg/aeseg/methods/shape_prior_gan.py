@@ -88,6 +88,13 @@ Where this deviates from the paper (and why):
   size; :func:`~aeseg.methods.common.random_zoom_crop`). Off by default because it did
   not help on ``ellipse_us`` (long CycleGAN, seeds 0 / 1: pseudo labels 0.625 / 0.604
   against 0.723 / 0.612 with flips alone).
+- boundary dropout (``boundary_dropout``, off by default): in the mask → image → mask
+  cycle, the image G_B generated loses, with this probability, 1–3 angular sectors of the
+  mask's boundary (the band within ``size``/24 pixels of it replaced by its surroundings'
+  brightness and texture, :func:`~aeseg.methods.common.boundary_dropout`) before G_A maps
+  it back to the whole mask. That cycle is where G_A learns which image goes with which
+  mask; G_B draws a complete boundary for every mask, while the skull's echo in ultrasound
+  has gaps (acoustic shadows) where G_A has to complete the shape. Not in the paper.
 """
 
 from __future__ import annotations
@@ -113,7 +120,7 @@ from ..nets.dgcc import DGCC, generate_with_feedback
 from ..nets.vae import LatentDiscriminator, MaskVAE, vae_loss
 from ..quality.metrics import dice
 from .base import CaseQuality, CohortSummary, EpochReport, Method, Phase, QualityResult, StepInfo
-from .common import random_flips, random_zoom_crop
+from .common import boundary_dropout, random_flips, random_zoom_crop
 from .registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -284,6 +291,7 @@ class ShapePriorGanConfig(NetConfig):
     vae_kl_weight: float = field(default=1.0, metadata={"help": "weight of the KL term in VAE pretraining", "min": 0.0})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the segmentation U-Net", "min": 0.0})
     augment: bool = field(default=True, metadata={"help": "random flips of images (and labels) during training"})
+    boundary_dropout: float = field(default=0.0, metadata={"help": "CycleGAN training: probability that an image G_B generated from an auxiliary mask loses 1-3 sectors of the mask's boundary before G_A maps it back (the mask → image → mask cycle), so that G_A learns to complete masks whose boundary is weak or missing, as ultrasound's acoustic shadows leave them (0: off, as the paper)", "min": 0.0, "max": 1.0})
     gan_crop: float = field(default=1.0, metadata={"help": "CycleGAN training: magnify each image and auxiliary mask by this factor and take a random window of the training size (the paper resizes to 288 and crops 256: 1.125; 1: off)", "min": 1.0, "max": 2.0})
 
 
@@ -759,7 +767,8 @@ class ShapePriorGan(Method):
             fake_s = 2.0 * p - 1.0
             rec_x = self.G_B(fake_s)
             fake_x = self.G_B(real_s)
-            rec_s = self._to_mask(self._generate(fake_x))
+            seen_x = boundary_dropout(fake_x, m, self.g, c.boundary_dropout, max(1, round(self.size / 24)))
+            rec_s = self._to_mask(self._generate(seen_x))
             l_adv = lsgan_g_loss(self.D_B(fake_s)) + lsgan_g_loss(self.D_A(fake_x))
             l_cyc = F.l1_loss(rec_x, x) + F.l1_loss(rec_s, real_s)
             loss_g = c.lambda_adv * l_adv + c.lambda_cycle * l_cyc
