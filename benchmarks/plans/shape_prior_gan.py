@@ -223,8 +223,8 @@ long profile keeps the quick profile's values. Session 31: G_B draws a complete 
 around every prior mask, so the mask cycle never asks G_A to complete a missing boundary.
 With ``boundary_dropout=0.5`` (1–3 sectors of the boundary removed from G_B's images before
 G_A maps them back; new, off by default) the long setting's stage-1 pseudo labels reach
-0.776 on seeds 0 / 1 (against 0.667), and the whole method 0.856 against
-the long oracle's 0.925, 0.070 below it (scratch runs through ``stage1_from``,
+0.747 on seeds 0–2 (against 0.662), and the whole method 0.807 against
+the long oracle's 0.927, 0.119 below it (scratch runs through ``stage1_from``,
 ``benchmarks/NOTES.md``). Not yet in the plan: the harness run with ``--set
 boundary_dropout=0.5`` comes first.
 """
