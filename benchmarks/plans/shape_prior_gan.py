@@ -221,12 +221,12 @@ grid-searched) 0.620 / 0.564, 0.703 / 0.669, 0.660 / 0.570 (λ_VAE 3 on seeds 2 
 resize-then-crop (``gan_crop=1.125``) 0.625 / 0.604; ``gan_lr=2e-4`` 0.718 / 0.615. The
 long profile keeps the quick profile's values. Session 31: G_B draws a complete skull ring
 around every prior mask, so the mask cycle never asks G_A to complete a missing boundary.
-With ``boundary_dropout=0.5`` (1–3 sectors of the boundary removed from G_B's images before
-G_A maps them back; new, off by default) the long setting's stage-1 pseudo labels reach
-0.747 on seeds 0–2 (against 0.662), and the whole method 0.807 against
-the long oracle's 0.927, 0.119 below it (scratch runs through ``stage1_from``,
-``benchmarks/NOTES.md``). Not yet in the plan: the harness run with ``--set
-boundary_dropout=0.5`` comes first.
+``boundary_dropout=0.5`` (1–3 sectors of the boundary removed from G_B's images before
+G_A maps them back; new, off by default) gave 0.807 in session 31's scratch runs, which the
+harness does not reproduce: ``--profile long --train-seeds 5 --set boundary_dropout=0.5``
+(session 32, file ``shape_prior_gan_ellipse_us_long_5seeds_boundary_dropout0p5_epyc.json``)
+gives pseudo labels of 0.571 against 0.664 and a final Dice of 0.642 against 0.725, better
+on 1 of 5 seeds. Not in the plan.
 """
 
 from __future__ import annotations

@@ -95,9 +95,9 @@ Where this deviates from the paper (and why):
   it back to the whole mask. That cycle is where G_A learns which image goes with which
   mask; G_B draws a complete boundary for every mask, while the skull's echo in ultrasound
   has gaps (acoustic shadows) where G_A has to complete the shape. Not in the paper. On
-  ``ellipse_us`` (long CycleGAN, 0.5) it raised G_A's pseudo labels on every training seed
-  tried and the final Dice on most (``benchmarks/NOTES.md``, session 31); off by default
-  until a benchmark run of the plan confirms it.
+  ``ellipse_us`` with the long profile (0.5, 5 seeds) it lowered G_A's pseudo labels
+  (0.571 against 0.664) and the final Dice (0.642 against 0.725; ``benchmarks/NOTES.md``,
+  session 32), so it stays off.
 """
 
 from __future__ import annotations
