@@ -226,7 +226,11 @@ G_A maps them back; new, off by default) gave 0.807 in session 31's scratch runs
 harness does not reproduce: ``--profile long --train-seeds 5 --set boundary_dropout=0.5``
 (session 32, file ``shape_prior_gan_ellipse_us_long_5seeds_boundary_dropout0p5_epyc.json``)
 gives pseudo labels of 0.571 against 0.664 and a final Dice of 0.642 against 0.725, better
-on 1 of 5 seeds. Not in the plan.
+on 1 of 5 seeds. Not in the plan. Session 31's scratch stage-1 jobs ran full-pass epochs
+(75 steps, not the harness's 10): a CycleGAN of 18000 steps. That length without the switch
+gives, on seed 0, pseudo labels of 0.827 and a final Dice of 0.864 against the oracle's
+0.921 (scratch, ``benchmarks/NOTES.md`` session 32): the long profile's CycleGAN is still
+undertrained.
 """
 
 from __future__ import annotations
