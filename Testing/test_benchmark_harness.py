@@ -406,3 +406,62 @@ def test_reuse_resumes_an_interrupted_job_instead_of_starting_again(tiny_cohort,
     harness._train_job(job, tiny_cohort, "supervised", {**values, "engine.epochs": 2}, 0, resume=True)
     events = [json.loads(line) for line in (job / "events.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in events if e["type"] == "epoch"] == [1, 2] and not (job / "marker").exists()
+
+
+_PARENT = '''
+import sys, time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+import os
+import harness, probe_task
+with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=harness.watch_parent,
+                         initargs=(os.getpid(),)) as ex:
+    ex.submit(probe_task.run, sys.argv[1]).result()
+'''
+_TASK = '''
+import os, signal, sys, time
+from pathlib import Path
+def run(folder):
+    folder = Path(folder)
+    def cancel(signum, frame):
+        (folder / "cancelled").write_text(str(os.getpid()))
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, cancel)
+    (folder / "started").write_text(str(os.getpid()))
+    time.sleep(120)
+'''
+
+
+def _wait_for(path: Path, timeout: float) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_prefetch_workers_cancel_their_job_when_the_harness_is_killed(tmp_path):
+    """A worker of the parallel harness gets SIGTERM (the engine's cancellation) once its
+    parent dies, instead of training on as an orphan."""
+    import os
+    import signal
+    import subprocess
+
+    (tmp_path / "probe_task.py").write_text(_TASK)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(harness.__file__).parent),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(tmp_path)], env=env)
+    try:
+        assert _wait_for(tmp_path / "started", 120), "the worker never started"
+        assert not (tmp_path / "cancelled").exists()
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        assert _wait_for(tmp_path / "cancelled", 20), "the orphaned worker was not cancelled"
+        assert (tmp_path / "cancelled").read_text() == (tmp_path / "started").read_text()
+    finally:
+        if parent.poll() is None:
+            parent.kill()

@@ -288,7 +288,8 @@ class Bench:
         if not tasks:
             return
         print(f"  training {len(tasks)} jobs, {self.jobs} at a time ...", flush=True)
-        with ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn")) as ex:
+        with ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"), initializer=watch_parent,
+                                 initargs=(os.getpid(),)) as ex:
             futures = {ex.submit(_train_job, *t): t[0] for t in tasks}
             for f in as_completed(futures):
                 wall = f.result()[0]  # a failed job raises here, as it would in process
@@ -481,6 +482,23 @@ def _finished(job_dir: Path, method: str, cohort: Path, cfg) -> dict | None:
         return None
     epochs = sum(1 for e in events if e.get("type") == "epoch")
     return {"best_val_dice": done[-1].get("best_val_dice"), "wall_s": float(done[-1].get("wall_s") or 0.0), "epochs": epochs}
+
+
+def watch_parent(parent: int, poll_s: float = 1.0) -> None:
+    """Initializer of :meth:`Bench.prefetch`'s workers: once the harness process ``parent``
+    is gone (stopped with SIGTERM or SIGKILL, which do not reach its workers), the worker
+    sends itself SIGTERM, which the engine turns into a checkpoint and a ``cancelled``
+    event. Without it an orphaned worker trains on and writes to a job folder that a
+    rerun with ``--reuse`` resumes at the same time."""
+    import signal
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
 def _train_job(job_dir: Path, cohort: Path, method: str, values: dict[str, Any],
