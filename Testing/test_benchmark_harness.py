@@ -421,7 +421,11 @@ with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=harness
 _TASK = '''
 import os, signal, sys, time
 from pathlib import Path
+import harness
 def run(folder):
+    with harness.job_running():
+        _run(folder)
+def _run(folder):
     folder = Path(folder)
     def cancel(signum, frame):
         (folder / "cancelled").write_text(str(os.getpid()))
@@ -443,7 +447,23 @@ def _wait_for(path: Path, timeout: float) -> bool:
     return False
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` has exited (a zombie counts as exited) within ``timeout`` s."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals, /proc")
 def test_prefetch_workers_cancel_their_job_when_the_harness_is_killed(tmp_path):
     """A worker of the parallel harness gets SIGTERM (the engine's cancellation) once its
     parent dies, instead of training on as an orphan."""
@@ -461,7 +481,9 @@ def test_prefetch_workers_cancel_their_job_when_the_harness_is_killed(tmp_path):
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
         assert _wait_for(tmp_path / "cancelled", 20), "the orphaned worker was not cancelled"
-        assert (tmp_path / "cancelled").read_text() == (tmp_path / "started").read_text()
+        worker = int((tmp_path / "started").read_text())
+        assert int((tmp_path / "cancelled").read_text()) == worker
+        assert _wait_gone(worker, 20), "the orphaned worker did not exit after its job"
     finally:
         if parent.poll() is None:
             parent.kill()

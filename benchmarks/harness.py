@@ -31,10 +31,13 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -484,19 +487,35 @@ def _finished(job_dir: Path, method: str, cohort: Path, cfg) -> dict | None:
     return {"best_val_dice": done[-1].get("best_val_dice"), "wall_s": float(done[-1].get("wall_s") or 0.0), "epochs": epochs}
 
 
-def watch_parent(parent: int, poll_s: float = 1.0) -> None:
-    """Initializer of :meth:`Bench.prefetch`'s workers: once the harness process ``parent``
+_IDLE = threading.Event()  # set while a worker of Bench.prefetch runs no job
+_IDLE.set()
+
+
+@contextmanager
+def job_running():
+    """Marks a worker as running a job, for :func:`watch_parent`."""
+    _IDLE.clear()
+    try:
+        yield
+    finally:
+        _IDLE.set()
+
+
+def watch_parent(parent: int, poll_s: float = 1.0, grace_s: float = 600.0) -> None:
+    """Initializer of :meth:`Bench.prefetch`'s workers. Once the harness process ``parent``
     is gone (stopped with SIGTERM or SIGKILL, which do not reach its workers), the worker
     sends itself SIGTERM, which the engine turns into a checkpoint and a ``cancelled``
-    event. Without it an orphaned worker trains on and writes to a job folder that a
-    rerun with ``--reuse`` resumes at the same time."""
-    import signal
-    import threading
+    event, waits (at most ``grace_s``) until that job has returned, and exits: an idle
+    worker of a dead pool would otherwise wait for tasks forever. Without it an orphaned
+    worker trains on and writes to a job folder that a rerun with ``--reuse`` resumes at
+    the same time."""
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(poll_s)
         os.kill(os.getpid(), signal.SIGTERM)
+        _IDLE.wait(grace_s)
+        os._exit(1)
 
     threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
@@ -514,13 +533,15 @@ def _train_job(job_dir: Path, cohort: Path, method: str, values: dict[str, Any],
     if resume and (job_dir / "checkpoints" / "last.pt").is_file() and (events := _same_job(job_dir, method, cohort, cfg)) \
             and not any(e.get("type") == "done" for e in events):
         t0 = time.time()
-        res = run_job(job_dir, resume=True, progress_bar=False)
+        with job_running():
+            res = run_job(job_dir, resume=True, progress_bar=False)
         return time.time() - t0, res.best_val_dice, res.epochs_run
     if job_dir.exists():
         shutil.rmtree(job_dir)
     t0 = time.time()
     job = create_job(job_dir, cohort, cfg, command=["benchmarks/run.py", job_dir.name])
-    res = run_job(job.root, progress_bar=False)
+    with job_running():
+        res = run_job(job.root, progress_bar=False)
     return time.time() - t0, res.best_val_dice, res.epochs_run
 
 
