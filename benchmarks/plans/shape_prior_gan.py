@@ -230,7 +230,12 @@ on 1 of 5 seeds. Not in the plan. Session 31's scratch stage-1 jobs ran full-pas
 (75 steps, not the harness's 10): a CycleGAN of 18000 steps. That length without the switch
 gives, on seed 0, pseudo labels of 0.827 and a final Dice of 0.864 against the oracle's
 0.921 (scratch, ``benchmarks/NOTES.md`` session 32): the long profile's CycleGAN is still
-undertrained.
+undertrained. Session 33, through the harness: ``--profile long --train-seeds 5 --set
+gan_epochs=960`` (9600 steps, about 41 min per seed on one thread; file
+``shape_prior_gan_ellipse_us_long_5seeds_gan_epochs960_epyc.json``) gives pseudo labels of
+0.703 against 0.664 and a final Dice of 0.766 against 0.725, paired +0.041 (−0.032 …
++0.111), better on 4 of 5 seeds: seed 2's CycleGAN peaked at its epoch 71 and fell (0.611
+against 0.734). The interval spans zero, so the profile keeps ``gan_epochs=240``.
 """
 
 from __future__ import annotations
