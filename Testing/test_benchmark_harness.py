@@ -409,13 +409,9 @@ def test_reuse_resumes_an_interrupted_job_instead_of_starting_again(tiny_cohort,
 
 
 _PARENT = '''
-import sys, time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
-import os
+import sys
 import harness, probe_task
-with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=harness.watch_parent,
-                         initargs=(os.getpid(),)) as ex:
+with harness.worker_pool(1) as ex:  # the pool Bench.prefetch trains in
     ex.submit(probe_task.run, sys.argv[1]).result()
 '''
 _TASK = '''
@@ -436,31 +432,24 @@ def _run(folder):
 '''
 
 
-def _wait_for(path: Path, timeout: float) -> bool:
+def _until(cond, timeout: float) -> bool:
+    """Whether ``cond()`` becomes true within ``timeout`` s (polled every 0.1 s)."""
     import time
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if path.exists():
+        if cond():
             return True
         time.sleep(0.1)
     return False
 
 
-def _wait_gone(pid: int, timeout: float) -> bool:
-    """Whether process ``pid`` has exited (a zombie counts as exited) within ``timeout`` s."""
-    import time
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return True
-        if state == "Z":
-            return True
-        time.sleep(0.1)
-    return False
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals, /proc")
@@ -476,14 +465,14 @@ def test_prefetch_workers_cancel_their_job_when_the_harness_is_killed(tmp_path):
                                                          os.environ.get("PYTHONPATH", "")])}
     parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(tmp_path)], env=env)
     try:
-        assert _wait_for(tmp_path / "started", 120), "the worker never started"
+        assert _until((tmp_path / "started").exists, 120), "the worker never started"
         assert not (tmp_path / "cancelled").exists()
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
-        assert _wait_for(tmp_path / "cancelled", 20), "the orphaned worker was not cancelled"
+        assert _until((tmp_path / "cancelled").exists, 20), "the orphaned worker was not cancelled"
         worker = int((tmp_path / "started").read_text())
         assert int((tmp_path / "cancelled").read_text()) == worker
-        assert _wait_gone(worker, 20), "the orphaned worker did not exit after its job"
+        assert _until(lambda: _gone(worker), 20), "the orphaned worker did not exit after its job"
     finally:
         if parent.poll() is None:
             parent.kill()

@@ -276,8 +276,7 @@ class Bench:
         Rows are started in the order given: put the longest first."""
         if self.jobs <= 1:
             return
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        from multiprocessing import get_context
+        from concurrent.futures import as_completed
 
         tasks = []
         for name, method, overrides, cohort in rows:
@@ -291,8 +290,7 @@ class Bench:
         if not tasks:
             return
         print(f"  training {len(tasks)} jobs, {self.jobs} at a time ...", flush=True)
-        with ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"), initializer=watch_parent,
-                                 initargs=(os.getpid(),)) as ex:
+        with worker_pool(self.jobs) as ex:
             futures = {ex.submit(_train_job, *t): t[0] for t in tasks}
             for f in as_completed(futures):
                 wall = f.result()[0]  # a failed job raises here, as it would in process
@@ -518,6 +516,16 @@ def watch_parent(parent: int, poll_s: float = 1.0, grace_s: float = 600.0) -> No
         os._exit(1)
 
     threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+def worker_pool(jobs: int):
+    """The process pool of :meth:`Bench.prefetch`: ``jobs`` spawned workers, each watching
+    the harness process (:func:`watch_parent`)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    return ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=watch_parent,
+                               initargs=(os.getpid(),))
 
 
 def _train_job(job_dir: Path, cohort: Path, method: str, values: dict[str, Any],
